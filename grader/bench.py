@@ -1,0 +1,1 @@
+"""`labs bench` and `labs profile` (filled in below)."""

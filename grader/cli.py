@@ -1,0 +1,147 @@
+"""`labs`: list, grade, bench and profile the labs. Thin: the work is in grader.runner."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from rich.console import Console
+from rich.markup import escape
+
+from . import REPO_ROOT
+
+STATE = REPO_ROOT / ".kernel_labs"
+console = Console(stderr=False)
+
+
+def _source(args) -> str:
+    if getattr(args, "solutions", False) and getattr(args, "submission", None):
+        raise SystemExit("labs: choose one of --solutions and --submission")
+    if getattr(args, "submission", None):
+        path = Path(args.submission)
+        if not path.is_dir():
+            raise SystemExit(f"labs: submission folder not found: {path}")
+        return str(path)
+    return "solutions" if getattr(args, "solutions", False) else "student"
+
+
+def cmd_list(args) -> int:
+    from rich.table import Table
+
+    from .labs import all_specs
+    t = Table(title="kernel-labs")
+    for col in ("lab", "title", "folder", "last score"):
+        t.add_column(col)
+    for spec in all_specs():
+        last = STATE / f"{spec.id}.json"
+        score = "-"
+        if last.exists():
+            d = json.loads(last.read_text())["labs"][0]
+            score = f"{d['score']:g}/{d['max_score']:g} ({d['tier']}, {d['source']})"
+        t.add_row(spec.id, spec.title, spec.path, score)
+    console.print(t)
+    return 0
+
+
+def cmd_grade(args) -> int:
+    from .labs import UnknownLab, get
+    from .report import gradescope, table, write_json
+    from .runner import grade
+
+    source = _source(args)
+    try:
+        specs = [get(lab) for lab in args.labs]
+    except UnknownLab as exc:
+        console.print(f"[red]labs: {exc}[/]")
+        return 2
+    results = []
+    for spec in specs:
+        with console.status(f"{spec.id}: starting") as status:
+            def on_start(p, _s=spec):
+                status.update(f"{_s.id}: {p.name}")
+
+            def on_check(r):
+                mark = {"pass": "[green]pass[/]", "fail": "[red]FAIL[/]", "skip": "[yellow]skip[/]"}[r.status]
+                console.print(f"  {mark} {r.lab} {escape(r.name)} [dim]({r.seconds:.1f}s)[/]")
+
+            try:
+                result = grade(spec.id, source, cpu=args.cpu, seed=args.seed, only=args.only,
+                               on_start=on_start, on_check=on_check if args.progress else None)
+            except Exception as exc:  # the grader itself failed on this lab: report, go on
+                console.print(f"[red]labs: grading {spec.id} failed: {type(exc).__name__}: {exc}[/]")
+                continue
+        table(result, console, verbose=args.verbose)
+        results.append(result)
+        STATE.mkdir(exist_ok=True)
+        write_json([result], STATE / f"{spec.id}.json")
+    if args.json:
+        write_json(results, Path(args.json))
+        console.print(f"wrote {args.json}")
+    if args.gradescope:
+        Path(args.gradescope).write_text(json.dumps(gradescope(results), indent=1))
+        console.print(f"wrote {args.gradescope}")
+    ok = len(results) == len(specs) and all(r.passed for r in results)
+    return 0 if ok else 1
+
+
+def cmd_bench(args) -> int:
+    from .bench import bench
+    return bench(args.lab, _source(args), args.entry, Path(args.out), args.seed, console)
+
+
+def cmd_profile(args) -> int:
+    from .bench import profile
+    return profile(args.lab, _source(args), args.entry, Path(args.out), args.seed, console)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="labs", description="kernel-labs: grade, benchmark and profile the labs.")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    sub.add_parser("list", help="labs, their folders and last scores").set_defaults(fn=cmd_list)
+
+    def source_opts(p):
+        p.add_argument("--solutions", action="store_true", help="use the reference solutions")
+        p.add_argument("--submission", metavar="DIR", help="a folder holding a student's files")
+        p.add_argument("--seed", type=int, default=int(os.environ.get("LABS_SEED", "0")),
+                       help="input seed; instructors use a secret one (default $LABS_SEED or 0)")
+
+    g = sub.add_parser("grade", help="run a lab's checks (GPU tier if CUDA is present, else CPU tier)")
+    g.add_argument("labs", nargs="+", metavar="LAB", help="lab id, e.g. lab02")
+    source_opts(g)
+    g.add_argument("--cpu", action="store_true", help="force the CPU tier")
+    g.add_argument("--json", metavar="FILE", help="write results as JSON")
+    g.add_argument("--gradescope", metavar="FILE", help="write Gradescope results.json")
+    g.add_argument("-k", "--only", action="append", metavar="TEXT", help="only checks whose name contains TEXT")
+    g.add_argument("-v", "--verbose", action="store_true", help="full messages for passing checks too")
+    g.add_argument("--no-progress", dest="progress", action="store_false", help="no line per finished check")
+    g.set_defaults(fn=cmd_grade)
+
+    for name, fn, what in (("bench", cmd_bench, "sweep sizes; plot TFLOP/s or GB/s with baseline and roofline"),
+                           ("profile", cmd_profile, "torch.profiler + NVTX trace of one call; ncu summary")):
+        b = sub.add_parser(name, help=what)
+        b.add_argument("lab")
+        b.add_argument("--entry", help="entry point (default: every entry with a sweep)")
+        b.add_argument("--out", default="bench_out", help="folder for the PNG/JSON/trace")
+        source_opts(b)
+        b.set_defaults(fn=fn)
+    return ap
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except SystemExit as exc:
+        if isinstance(exc.code, str):
+            console.print(f"[red]{exc.code}[/]")
+            return 2
+        raise
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,98 @@
+"""What machine we are on, and the physical ceilings used for the roofline floor.
+
+Peak rates are the vendor's dense numbers (no sparsity). They are ceilings, not targets: a measured time
+below flops/peak or bytes/bandwidth is physically impossible and marks a broken measurement or a cheat.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+# name substring -> (HBM bytes/s, {compute unit: FLOP/s})
+_PEAKS = {
+    "H100 SXM": (3.35e12, {"tensor_bf16": 989e12, "tensor_fp16": 989e12, "tensor_fp8": 1979e12,
+                           "tensor_tf32": 495e12, "fp32": 67e12, "fp64": 67e12}),
+    "H100 80GB HBM3": (3.35e12, {"tensor_bf16": 989e12, "tensor_fp16": 989e12, "tensor_fp8": 1979e12,
+                                 "tensor_tf32": 495e12, "fp32": 67e12, "fp64": 67e12}),
+    "H100 PCIe": (2.0e12, {"tensor_bf16": 756e12, "tensor_fp16": 756e12, "tensor_fp8": 1513e12,
+                           "tensor_tf32": 378e12, "fp32": 51e12, "fp64": 51e12}),
+    "H200": (4.8e12, {"tensor_bf16": 989e12, "tensor_fp16": 989e12, "tensor_fp8": 1979e12,
+                      "tensor_tf32": 495e12, "fp32": 67e12, "fp64": 67e12}),
+    "A100": (2.04e12, {"tensor_bf16": 312e12, "tensor_fp16": 312e12, "tensor_tf32": 156e12,
+                       "fp32": 19.5e12, "fp64": 19.5e12}),
+}
+# Unknown cards: no GPU sold today beats these, so the floor stays a true lower bound.
+_FALLBACK = (8.0e12, {"tensor_bf16": 2500e12, "tensor_fp16": 2500e12, "tensor_fp8": 5000e12,
+                      "tensor_tf32": 1250e12, "fp32": 160e12, "fp64": 160e12})
+
+
+def peaks(gpu_name: str):
+    for key, val in _PEAKS.items():
+        if key in gpu_name:
+            return val
+    return _FALLBACK
+
+
+def floor_ms(gpu_name: str, flops: float | None, bytes_moved: float | None, unit: str) -> float:
+    """The roofline floor: max(flops / peak rate, bytes / bandwidth), in ms."""
+    bw, rates = peaks(gpu_name)
+    t = 0.0
+    if flops:
+        t = max(t, flops / rates.get(unit, max(rates.values())))
+    if bytes_moved:
+        t = max(t, bytes_moved / bw)
+    return t * 1e3
+
+
+@dataclass
+class Environment:
+    tier: str
+    gpu: str = "none"
+    gpu_count: int = 0
+    driver: str = ""
+    cuda: str = ""
+    sm_clock_mhz: str = ""
+    torch: str = torch.__version__
+    triton: str = ""
+    cupy: str = ""
+    python: str = platform.python_version()
+    host: str = platform.node()
+    seed: int = 0
+    extra: dict = field(default_factory=dict)
+
+    def as_dict(self):
+        return asdict(self)
+
+
+def _version(mod):
+    try:
+        return __import__(mod).__version__
+    except Exception:
+        return "absent"
+
+
+def environment(tier: str, seed: int) -> Environment:
+    env = Environment(tier=tier, seed=seed, triton=_version("triton"), cupy=_version("cupy"))
+    if tier == "gpu" and torch.cuda.is_available():
+        env.gpu = torch.cuda.get_device_name()
+        env.gpu_count = torch.cuda.device_count()
+        env.cuda = torch.version.cuda or ""
+        try:
+            q = subprocess.run(["nvidia-smi", "--query-gpu=driver_version,clocks.sm,clocks.max.sm",
+                                "--format=csv,noheader"], capture_output=True, text=True, timeout=20)
+            first = q.stdout.strip().splitlines()[0].split(", ")
+            env.driver, env.sm_clock_mhz = first[0], f"{first[1]} (max {first[2]})"
+        except Exception:
+            pass
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        env.extra["triton_interpret"] = True
+    return env
+
+
+def gpu_tier_available() -> bool:
+    return torch.cuda.is_available()

@@ -1,0 +1,476 @@
+"""Grade one lab: plan the checks for a tier, run each in the student's process, judge here.
+
+Order of a lab's checks: files -> compile (CUDA C) -> audit (forbidden ops/kernels) -> correctness ->
+speed. Any failure is data: a check fails with a message and the next check runs.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable
+
+import torch
+
+from . import REPO_ROOT, cuda, hardware
+from .compare import check_output_type, compare
+from .inputs import derive_seed, make
+from .isolation import StudentFailure, WorkerHandle
+from .labs import get
+from .spec import DTYPES, Benchmark, Case, LabSpec
+
+L2_FLUSH_BYTES = 256 << 20       # 5x the H100's 50 MB L2
+BENCH_INPUT_SETS = 3             # rotating inputs: consecutive reps never see the same buffers
+BENCH_WARMUP = 3
+BENCH_ROUNDS = 8                 # student batch, baseline batch, repeated (interleaved)
+BENCH_REPS = 5                   # calls per batch
+RECHECK_REPS = 3                 # timed outputs re-checked against the reference
+TIER_EDGE = 0.03                 # a ratio within 3% of a tier edge is measured again
+WALL_AGREEMENT = 0.5             # event time must be at least this fraction of the wall-clock estimate
+
+
+@dataclass
+class CheckResult:
+    lab: str
+    name: str
+    group: str          # files | compile | implemented | audit | correctness | speed
+    entry: str
+    status: str         # pass | fail | skip
+    points: float
+    max_points: float
+    message: str
+    details: dict = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+@dataclass
+class LabResult:
+    lab: str
+    title: str
+    source: str
+    tier: str
+    env: dict
+    checks: list[CheckResult]
+    seconds: float = 0.0
+
+    @property
+    def score(self) -> float:
+        return sum(c.points for c in self.checks)
+
+    @property
+    def max_score(self) -> float:
+        return sum(c.max_points for c in self.checks)
+
+    @property
+    def passed(self) -> bool:
+        return all(c.status != "fail" for c in self.checks)
+
+    def as_dict(self):
+        d = asdict(self)
+        d.update(score=self.score, max_score=self.max_score, passed=self.passed)
+        return d
+
+
+@dataclass
+class Planned:
+    name: str
+    group: str
+    entry: str
+    max_points: float
+    run: Callable[["Context"], CheckResult]
+
+
+# ---- where the student's files come from ----------------------------------------------------------
+
+def resolve_files(spec: LabSpec, source: str | Path) -> dict[str, Path]:
+    """'student' -> the lab folder; 'solutions' -> solutions/<lab path>; a folder -> <folder>/<lab path>/<f>
+    or, for a flat submission, <folder>/<f>."""
+    if source == "student":
+        base = REPO_ROOT / spec.path
+        return {f: base / f for f in spec.student_files}
+    if source == "solutions":
+        base = REPO_ROOT / "solutions" / spec.path
+        return {f: base / f for f in spec.student_files}
+    root = Path(source)
+    files = {}
+    for f in spec.student_files:
+        nested = root / spec.path / f
+        files[f] = nested if nested.exists() else root / f
+    return files
+
+
+# ---- the grading context --------------------------------------------------------------------------
+
+class Context:
+    def __init__(self, spec: LabSpec, files: dict[str, Path], tier: str, seed: int):
+        self.spec, self.files, self.tier, self.seed = spec, files, tier, seed
+        self.device = "cuda" if tier == "gpu" else "cpu"
+        self.worker = WorkerHandle(spec.id, {k: str(v) for k, v in files.items()}, self.device,
+                                   interpret=(tier == "cpu"))
+        self.missing = {f for f, p in files.items() if not p.is_file()}
+        self.audit_failed: dict[str, str] = {}
+        self.env = hardware.environment(tier, seed)
+
+    def close(self):
+        self.worker.close()
+
+    def entry_missing(self, entry: str) -> set[str]:
+        return set(self.spec.entries[entry].files) & self.missing
+
+
+def _result(ctx: Context, p: Planned, status: str, message: str, points: float | None = None, **details):
+    pts = p.max_points if (status == "pass" and points is None) else (points or 0.0)
+    if p.entry in ctx.audit_failed and p.group in ("correctness", "speed") and pts:
+        pts, message = 0.0, f"{message} (0 points: {ctx.audit_failed[p.entry]})"
+    return CheckResult(ctx.spec.id, p.name, p.group, p.entry, status, pts, p.max_points, message, details)
+
+
+def _error_text(reply: dict) -> str:
+    if reply.get("type") == "NotImplementedError":
+        return f"NotImplementedError: {reply.get('message')}"
+    where = f" (at {reply['where'][-1]})" if reply.get("where") else ""
+    return f"{reply.get('type')}: {reply.get('message')}{where}"
+
+
+# ---- checks ---------------------------------------------------------------------------------------
+
+def _files_check(p: Planned, ctx: Context) -> CheckResult:
+    if ctx.missing:
+        names = ", ".join(f"{f} (looked for {ctx.files[f]})" for f in sorted(ctx.missing))
+        return _result(ctx, p, "fail", f"missing student file(s): {names}")
+    return _result(ctx, p, "pass", f"found {len(ctx.files)} file(s)")
+
+
+def _compile_check(src: str) -> Callable:
+    def run(p: Planned, ctx: Context) -> CheckResult:
+        if src in ctx.missing:
+            return _result(ctx, p, "fail", f"missing student file {src}")
+        if cuda.nvcc_path() is None:
+            if ctx.tier == "gpu":
+                return _result(ctx, p, "skip", "nvcc not found: compiled by NVRTC when the kernels run")
+            return _result(ctx, p, "skip", "not compile-checked: nvcc not found on this machine")
+        ok, out = cuda.nvcc_compile(ctx.files[src])
+        if ok:
+            return _result(ctx, p, "pass", "nvcc -arch=sm_90 compiles it")
+        return _result(ctx, p, "fail", "nvcc failed:\n" + "\n".join(out.splitlines()[:30]))
+    return run
+
+
+def _implemented_check(p: Planned, ctx: Context) -> CheckResult:
+    """CPU tier, CUDA entries: the kernel cannot run here, but a TODO left in its body can be seen."""
+    e = ctx.spec.entries[p.entry]
+    src = e.files[0]
+    if src in ctx.missing:
+        return _result(ctx, p, "fail", f"missing student file {src}")
+    todo = cuda.todo_message(ctx.files[src].read_text(), e.symbol)
+    if todo is not None:
+        return _result(ctx, p, "fail", f"NotImplementedError: {todo}")
+    return _result(ctx, p, "pass", f"{e.symbol} has no TODO left (it runs on the GPU tier only)")
+
+
+def _audit_check(case: Case) -> Callable:
+    def run(p: Planned, ctx: Context) -> CheckResult:
+        spec = ctx.spec
+        if ctx.entry_missing(p.entry):
+            return _result(ctx, p, "fail", f"missing student file(s) {sorted(ctx.entry_missing(p.entry))}")
+        msg = {"cmd": "audit", "entry": p.entry, "params": dict(case.params),
+               "seed": derive_seed(ctx.seed, spec.id, "audit", case.name)}
+        try:
+            reply = ctx.worker.request(msg, 2 * spec.time_limit_s + 60, f"auditing {p.entry}")
+        except StudentFailure as exc:
+            return _result(ctx, p, "fail", str(exc))
+        if reply.get("status") != "ok":
+            return _result(ctx, p, "fail", f"{_error_text(reply)} (so the audit could not run)")
+        bad_ops = [o for o in reply["ops"] if any(re.search(f, o, re.I) for f in spec.forbidden_ops)]
+        bad_k = [k for k in reply["kernels"] if any(re.search(f, k, re.I) for f in spec.forbidden_kernels)]
+        if bad_ops or bad_k:
+            what = ", ".join(sorted(set(bad_ops))[:5] + sorted(set(bad_k))[:5])
+            ctx.audit_failed[p.entry] = f"the kernel audit found {what}"
+            return _result(ctx, p, "fail", f"{p.entry} called what this lab asks you to write: {what}. "
+                                           "Compute the result with your own kernel.",
+                           ops=bad_ops, kernels=bad_k)
+        n = len(reply["kernels"])
+        return _result(ctx, p, "pass", f"no forbidden op or kernel ({len(reply['ops'])} ops, {n} GPU kernels seen)",
+                       kernels=reply["kernels"][:20])
+    return run
+
+
+def _inputs_unchanged(before: dict, after: dict) -> str | None:
+    for k, t in before.items():
+        a = after.get(k)
+        if not isinstance(a, torch.Tensor) or a.shape != t.shape or a.dtype != t.dtype:
+            return f"input {k!r} came back with a different shape or dtype"
+        x, y = t.detach().cpu().contiguous(), a.contiguous()
+        if not torch.equal(x.view(torch.uint8) if x.numel() else x, y.view(torch.uint8) if y.numel() else y):
+            return f"input {k!r} was modified by the call: kernels must not write into their inputs"
+    return None
+
+
+def _judge_outputs(ctx: Context, params: dict, outputs: list, kinds: list | None, ref) -> tuple[bool, str, dict]:
+    spec = ctx.spec
+    expected = spec.outputs(params)
+    refs = ref if isinstance(ref, (tuple, list)) else (ref,)
+    if len(outputs) != len(expected):
+        return False, f"returned {len(outputs)} output(s), expected {len(expected)}", {}
+    stats = {}
+    messages = []
+    for i, ((shape, dt), out, r) in enumerate(zip(expected, outputs, refs)):
+        label = f"output {i}: " if len(expected) > 1 else ""
+        if out is None:
+            kind = kinds[i] if kinds else "?"
+            return False, f"{label}returned {kind}, expected a plain dense torch.Tensor", {}
+        bad = check_output_type(out, shape, DTYPES[dt])
+        if bad:
+            return False, label + bad.message, {}
+        c = compare(out, r, spec.tolerances[dt])
+        stats[f"rel_err{i}"] = c.rel_fro_err
+        if not c.ok:
+            return False, label + c.message, stats
+        messages.append(label + c.message)
+    return True, "; ".join(messages), stats
+
+
+def _correctness_check(case: Case) -> Callable:
+    def run(p: Planned, ctx: Context) -> CheckResult:
+        spec = ctx.spec
+        if ctx.entry_missing(p.entry):
+            return _result(ctx, p, "fail", f"missing student file(s) {sorted(ctx.entry_missing(p.entry))}")
+        params = dict(case.params)
+        last = ""
+        worst = 0.0
+        for trial in range(case.trials):
+            seed = derive_seed(ctx.seed, spec.id, case.name, trial)
+            msg = {"cmd": "check", "entry": case.entry, "params": params, "seed": seed}
+            try:
+                reply = ctx.worker.request(msg, spec.time_limit_s, f"running {case.entry} on {case.name}")
+            except StudentFailure as exc:
+                return _result(ctx, p, "fail", str(exc))
+            if reply.get("status") != "ok":
+                return _result(ctx, p, "fail", _error_text(reply))
+            ref_device = "cuda" if ctx.tier == "gpu" else "cpu"
+            inputs = make(spec, params, seed, ref_device)
+            changed = _inputs_unchanged(inputs, reply["inputs_after"])
+            if changed:
+                return _result(ctx, p, "fail", changed)
+            ref = spec.reference(inputs, params)
+            ok, text, stats = _judge_outputs(ctx, params, reply["outputs"], reply.get("kinds"), ref)
+            if not ok:
+                return _result(ctx, p, "fail", f"trial {trial + 1}/{case.trials} (seed {seed}): {text}")
+            worst = max([worst] + list(stats.values()))
+            last = text
+        return _result(ctx, p, "pass", f"{case.trials} trial(s); {last}", rel_err=worst)
+    return run
+
+
+def measure(ctx: Context, bench: Benchmark, rounds: int = BENCH_ROUNDS, reps: int = BENCH_REPS,
+            baseline: Callable | None = None) -> dict:
+    """The one benchmark protocol: the student's calls timed in their process (events around the call
+    plus a device-wide sync), the baseline timed here, interleaved batch by batch, L2 flushed before
+    every call, inputs rotating over several seeded sets; medians; wall clock cross-check."""
+    spec = ctx.spec
+    params = dict(bench.params)
+    seeds = [derive_seed(ctx.seed, spec.id, bench.name, "set", i) for i in range(BENCH_INPUT_SETS)]
+    setup = {"cmd": "bench_setup", "entry": bench.entry, "params": params, "seeds": seeds,
+             "flush_bytes": L2_FLUSH_BYTES, "warmup": BENCH_WARMUP}
+    reply = ctx.worker.request(setup, 10 * spec.time_limit_s, f"warming up {bench.entry} on {bench.name}")
+    if reply.get("status") != "ok":
+        return {"error": _error_text(reply)}
+    sets = [make(spec, params, s, "cuda") for s in seeds]
+    base_fn = baseline or spec.baselines[bench.baseline]
+    flush = torch.empty(L2_FLUSH_BYTES // 4, dtype=torch.int32, device="cuda")
+    for i in range(BENCH_WARMUP):
+        base_fn(sets[i % len(sets)], params)
+    torch.cuda.synchronize()
+
+    def time_baseline(start: int) -> list[float]:
+        out = []
+        for i in range(start, start + reps):
+            flush.zero_()
+            s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            torch.cuda.synchronize()
+            s.record()
+            base_fn(sets[i % len(sets)], params)
+            torch.cuda.synchronize()
+            e.record()
+            e.synchronize()
+            out.append(s.elapsed_time(e))
+        return out
+
+    flush_ms = []
+    for _ in range(5):
+        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        s.record()
+        flush.zero_()
+        e.record()
+        e.synchronize()
+        flush_ms.append(s.elapsed_time(e))
+    ping = []
+    for _ in range(5):
+        t0 = time.perf_counter()
+        ctx.worker.request({"cmd": "ping"}, 30, "answering a ping")
+        ping.append((time.perf_counter() - t0) * 1e3)
+    flush_med, ping_med = statistics.median(flush_ms), statistics.median(ping)
+
+    student, base, suspicious = [], [], []
+    start = 0
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        r = ctx.worker.request({"cmd": "bench_run", "start": start, "reps": reps}, reps * spec.time_limit_s,
+                               f"timing {bench.entry} on {bench.name}")
+        wall_ms = (time.perf_counter() - t0) * 1e3
+        if r.get("status") != "ok":
+            return {"error": _error_text(r)}
+        times = [float(t) for t in r["times_ms"]]
+        if len(times) != reps or not all(t == t and t >= 0 for t in times):
+            return {"error": "the student process reported malformed timings"}
+        implied = wall_ms - ping_med - reps * flush_med
+        if sum(times) < WALL_AGREEMENT * implied - reps * 0.05:
+            suspicious.append((sum(times), wall_ms))
+        student += times
+        base += time_baseline(start)
+        start += reps
+    return {"student": student, "base": base, "reps_done": start, "suspicious": suspicious,
+            "sets": sets, "seeds": seeds, "flush_ms": flush_med, "ping_ms": ping_med}
+
+
+def _speed_check(bench: Benchmark) -> Callable:
+    def run(p: Planned, ctx: Context) -> CheckResult:
+        spec = ctx.spec
+        if ctx.tier != "gpu":
+            r = _result(ctx, p, "skip", f"not graded: no GPU ({p.max_points:g} points on the GPU tier)")
+            r.max_points = 0.0
+            return r
+        if ctx.entry_missing(p.entry):
+            return _result(ctx, p, "fail", f"missing student file(s) {sorted(ctx.entry_missing(p.entry))}")
+        params = dict(bench.params)
+        try:
+            m = measure(ctx, bench)
+            if "error" in m:
+                return _result(ctx, p, "fail", m["error"])
+            stu_ms, base_ms = statistics.median(m["student"]), statistics.median(m["base"])
+            ratio = base_ms / stu_ms if stu_ms > 0 else float("inf")
+            note = ""
+            if any(abs(ratio - t.min_ratio) <= TIER_EDGE * t.min_ratio for t in bench.tiers):
+                more = measure(ctx, bench)
+                if "error" in more:
+                    return _result(ctx, p, "fail", more["error"])
+                m["student"] += more["student"]
+                m["base"] += more["base"]
+                m["suspicious"] += more["suspicious"]
+                stu_ms, base_ms = statistics.median(m["student"]), statistics.median(m["base"])
+                ratio = base_ms / stu_ms if stu_ms > 0 else float("inf")
+                note = " (re-measured: near a tier edge)"
+            # Timed outputs are re-checked: every call must be right, not only the first.
+            rng = random.Random(derive_seed(ctx.seed, "recheck", bench.name))
+            for rep in sorted(rng.sample(range(m["reps_done"]), min(RECHECK_REPS, m["reps_done"]))):
+                r = ctx.worker.request({"cmd": "bench_fetch", "rep": rep}, 120, "returning a timed output")
+                if r.get("status") != "ok":
+                    return _result(ctx, p, "fail", _error_text(r))
+                ref = spec.reference(m["sets"][rep % len(m["sets"])], params)
+                ok, text, _ = _judge_outputs(ctx, params, r["outputs"], None, ref)
+                if not ok:
+                    return _result(ctx, p, "fail", f"timed call #{rep} returned a wrong result: {text}. Every "
+                                                   "timed call is checked, not just the first one")
+            ctx.worker.request({"cmd": "bench_clear"}, 60, "freeing benchmark inputs")
+        except StudentFailure as exc:
+            return _result(ctx, p, "fail", str(exc))
+        finally:
+            torch.cuda.empty_cache()
+
+        flops = spec.flops(params) if spec.flops else None
+        nbytes = spec.bytes_moved(params) if spec.bytes_moved else None
+        floor = hardware.floor_ms(ctx.env.gpu, flops, nbytes, spec.compute_unit(params))
+        details = {"student_ms": stu_ms, "baseline_ms": base_ms, "ratio": ratio, "floor_ms": floor,
+                   "student_iqr_ms": _iqr(m["student"]), "baseline_iqr_ms": _iqr(m["base"]),
+                   "calls_timed": len(m["student"])}
+        rate = ""
+        if flops:
+            details["student_tflops"] = flops / stu_ms / 1e9
+            details["baseline_tflops"] = flops / base_ms / 1e9
+            rate = f", {details['student_tflops']:.1f} vs {details['baseline_tflops']:.1f} TFLOP/s"
+        elif nbytes:
+            details["student_gbps"] = nbytes / stu_ms / 1e6
+            rate = f", {details['student_gbps']:.0f} GB/s"
+        timing = f"{stu_ms:.4f} ms vs {bench.baseline} {base_ms:.4f} ms{rate}"
+        if m["suspicious"]:
+            return _result(ctx, p, "fail", f"invalid timing: the reported call times disagree with the wall "
+                                           f"clock ({len(m['suspicious'])} batch(es)); {timing}", **details)
+        if stu_ms < 0.95 * floor:
+            return _result(ctx, p, "fail", f"invalid timing: {stu_ms:.4f} ms is below the physical floor "
+                                           f"{floor:.4f} ms for this GPU (roofline); {timing}", **details)
+        frac = max([t.fraction for t in bench.tiers if ratio >= t.min_ratio], default=0.0)
+        tiers = ", ".join(f">={t.min_ratio:g}x: {t.fraction:.0%}" for t in bench.tiers)
+        status = "pass" if frac >= 1.0 else "fail"
+        return _result(ctx, p, status, f"{ratio:.2f}x {bench.baseline}{note}: {timing}; tiers {tiers}",
+                       points=bench.points * frac, **details)
+    return run
+
+
+def _iqr(xs: list[float]) -> float:
+    q = statistics.quantiles(xs, n=4) if len(xs) >= 4 else [min(xs), 0, max(xs)]
+    return q[2] - q[0]
+
+
+# ---- planning -------------------------------------------------------------------------------------
+
+def plan(spec: LabSpec, tier: str, seed: int = 0) -> list[Planned]:
+    """Every check for this tier, in order, each with a stable readable name."""
+    checks = [Planned("files", "files", "", 0.0, _files_check)]
+    for src in spec.cuda_sources:
+        checks.append(Planned(f"compile[{src}]", "compile", "", 0.0, _compile_check(src)))
+    cases = [c for c in spec.all_cases(seed) if tier in c.tiers]
+    for name, e in spec.entries.items():
+        entry_cases = [c for c in cases if c.entry == name]
+        if e.kind == "cuda" and tier == "cpu":
+            checks.append(Planned(f"{name}[implemented]", "implemented", name, 0.0, _implemented_check))
+            continue
+        if (spec.forbidden_ops or (spec.forbidden_kernels and tier == "gpu")) and entry_cases:
+            checks.append(Planned(f"{name}[audit]", "audit", name, 0.0, _audit_check(entry_cases[0])))
+        for c in entry_cases:
+            checks.append(Planned(f"{name}[{c.name}]", "correctness", name, spec.correctness_points,
+                                  _correctness_check(c)))
+    for b in spec.benchmarks:
+        checks.append(Planned(f"speed[{b.name}]", "speed", b.entry, b.points, _speed_check(b)))
+    return checks
+
+
+def pick_tier(cpu: bool) -> str:
+    return "cpu" if cpu or not hardware.gpu_tier_available() else "gpu"
+
+
+def grade(lab: str, source: str | Path = "student", cpu: bool = False, seed: int = 0,
+          only: Iterable[str] | None = None, on_check: Callable[[CheckResult], None] | None = None,
+          on_start: Callable[[Planned], None] | None = None) -> LabResult:
+    spec = get(lab)
+    tier = pick_tier(cpu)
+    files = resolve_files(spec, source)
+    ctx = Context(spec, files, tier, seed)
+    checks = plan(spec, tier, seed)
+    if only:
+        pats = list(only)
+        checks = [c for c in checks if c.group == "files" or any(p in c.name for p in pats)]
+    t0 = time.perf_counter()
+    results = []
+    try:
+        for p in checks:
+            if on_start:
+                on_start(p)
+            t1 = time.perf_counter()
+            try:
+                r = p.run(p, ctx)
+            except StudentFailure as exc:
+                r = _result(ctx, p, "fail", str(exc))
+            r.seconds = time.perf_counter() - t1
+            results.append(r)
+            if on_check:
+                on_check(r)
+    finally:
+        ctx.close()
+    env = ctx.env.as_dict()
+    env["tier_reason"] = "--cpu" if (cpu and hardware.gpu_tier_available()) else ("CUDA" if tier == "gpu" else "no CUDA")
+    env["worker_restarts"] = ctx.worker.restarts
+    return LabResult(spec.id, spec.title, str(source), tier, env, results, time.perf_counter() - t0)

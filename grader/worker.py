@@ -1,0 +1,176 @@
+"""The student's process: loads the student's files, runs their entry points, reports raw results.
+
+Nothing here decides pass or fail. Inputs are rebuilt from a seed; outputs, inputs-after-the-call and
+per-call times go back to the grading process (grader.runner), which holds the references and the
+wall clock. Patching anything in this process changes only what this process reports, and every
+report is checked against something computed elsewhere.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+
+
+def _describe(exc: BaseException) -> dict:
+    tb = traceback.extract_tb(exc.__traceback__)
+    frames = [f"{os.path.basename(f.filename)}:{f.lineno} in {f.name}" for f in tb[-4:]]
+    return {"status": "error", "type": type(exc).__name__, "message": str(exc)[:4000], "where": frames}
+
+
+class _Session:
+    def __init__(self, lab_id: str, files: dict[str, str], device: str):
+        import torch
+
+        from .labs import get
+
+        self.torch = torch
+        self.spec = get(lab_id)
+        self.files = files
+        self.device = device
+        self.fns: dict[str, object] = {}
+        self.bench = None
+        self.flush_buf = None
+
+    def entry(self, name: str):
+        if name not in self.fns:
+            from pathlib import Path
+            self.fns[name] = self.spec.load_entry(name, {k: Path(v) for k, v in self.files.items()})
+        return self.fns[name]
+
+    def inputs(self, params: dict, seed: int):
+        from .inputs import make
+
+        return make(self.spec, params, seed, self.device)
+
+    def poison_allocator(self, params: dict):
+        """Fill the memory the student's next torch.empty is likely to get with NaN (threat: recycled buffers)."""
+        torch = self.torch
+        blocks = []
+        for shape, dt in self.spec.outputs(params):
+            from .spec import DTYPES
+            dtype = DTYPES[dt]
+            if dtype.is_floating_point:
+                blocks.append(torch.full(shape, float("nan"), dtype=dtype, device=self.device))
+        del blocks
+
+    def call(self, name: str, inputs: dict, params: dict):
+        return self.spec.call(self.entry(name), inputs, params)
+
+    def sync(self):
+        if self.device == "cuda":
+            self.torch.cuda.synchronize()
+
+    # ---- commands -------------------------------------------------------------------------------
+
+    def do_load(self, msg):
+        self.entry(msg["entry"])
+        return {"status": "ok"}
+
+    def do_check(self, msg):
+        params, seed = msg["params"], msg["seed"]
+        inputs = self.inputs(params, seed)
+        self.poison_allocator(params)
+        out = self.call(msg["entry"], inputs, params)
+        self.sync()
+        outs = out if isinstance(out, (tuple, list)) else (out,)
+        kinds = [type(o).__name__ if type(o) is not self.torch.Tensor else "Tensor" for o in outs]
+        plain = [o if type(o) is self.torch.Tensor else None for o in outs]
+        plain = [o if o is None or o.layout == self.torch.strided else None for o in plain]
+        return {"status": "ok", "outputs": plain, "kinds": kinds, "is_tuple": isinstance(out, (tuple, list)),
+                "inputs_after": inputs}
+
+    def do_audit(self, msg):
+        from torch.profiler import ProfilerActivity, profile
+
+        params, seed = msg["params"], msg["seed"]
+        inputs = self.inputs(params, seed)
+        self.call(msg["entry"], inputs, params)      # compile / autotune outside the profiled call
+        self.sync()
+        acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if self.device == "cuda" else [])
+        with profile(activities=acts) as prof:
+            self.call(msg["entry"], inputs, params)
+            self.sync()
+        ops, kernels = set(), set()
+        for ev in prof.events():
+            dev = str(getattr(ev, "device_type", "")).lower()
+            (kernels if "cuda" in dev else ops).add(ev.name)
+        return {"status": "ok", "ops": sorted(ops), "kernels": sorted(kernels)}
+
+    def do_bench_setup(self, msg):
+        torch = self.torch
+        params = msg["params"]
+        self.bench = {"entry": msg["entry"], "params": params,
+                      "sets": [self.inputs(params, s) for s in msg["seeds"]], "outs": {}}
+        if self.flush_buf is None:
+            self.flush_buf = torch.empty(msg["flush_bytes"] // 4, dtype=torch.int32, device=self.device)
+        for i in range(msg["warmup"]):
+            self.call(msg["entry"], self.bench["sets"][i % len(self.bench["sets"])], params)
+        self.sync()
+        return {"status": "ok"}
+
+    def do_bench_run(self, msg):
+        """Per call: flush L2, start event, call, device-wide sync (side streams count), end event."""
+        torch = self.torch
+        b = self.bench
+        times = []
+        for i in range(msg["start"], msg["start"] + msg["reps"]):
+            inputs = b["sets"][i % len(b["sets"])]
+            self.flush_buf.zero_()
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            torch.cuda.synchronize()
+            start.record()
+            out = self.call(b["entry"], inputs, b["params"])
+            torch.cuda.synchronize()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end))
+            b["outs"][i] = out
+        return {"status": "ok", "times_ms": times}
+
+    def do_bench_fetch(self, msg):
+        out = self.bench["outs"][msg["rep"]]
+        outs = out if isinstance(out, (tuple, list)) else (out,)
+        plain = [o if type(o) is self.torch.Tensor else None for o in outs]
+        return {"status": "ok", "outputs": plain}
+
+    def do_bench_clear(self, msg):
+        self.bench = None
+        if self.device == "cuda":
+            self.torch.cuda.empty_cache()
+        return {"status": "ok"}
+
+    def do_ping(self, msg):
+        return {"status": "ok"}
+
+
+def main(conn, lab_id: str, files: dict[str, str], device: str, interpret: bool) -> None:
+    if interpret:
+        os.environ["TRITON_INTERPRET"] = "1"
+    from . import protocol
+
+    # The student's prints go to our stderr so they can never corrupt the message stream.
+    sys.stdout = sys.stderr
+    try:
+        session = _Session(lab_id, files, device)
+    except BaseException as exc:  # noqa: BLE001 - reported to the grading process
+        protocol.send(conn, _describe(exc))
+        return
+    protocol.send(conn, {"status": "ready"})
+    while True:
+        try:
+            msg = protocol.recv(conn)
+        except (EOFError, OSError):
+            return
+        cmd = msg.get("cmd")
+        if cmd == "exit":
+            return
+        try:
+            reply = getattr(session, f"do_{cmd}")(msg)
+        except BaseException as exc:  # noqa: BLE001 - a student error is data, not a crash
+            reply = _describe(exc)
+        try:
+            protocol.send(conn, reply)
+        except BaseException as exc:  # noqa: BLE001
+            protocol.send(conn, _describe(exc))
