@@ -275,7 +275,7 @@ def measure(ctx: Context, bench: Benchmark, rounds: int = BENCH_ROUNDS, reps: in
     params = dict(bench.params)
     seeds = [derive_seed(ctx.seed, spec.id, bench.name, "set", i) for i in range(BENCH_INPUT_SETS)]
     setup = {"cmd": "bench_setup", "entry": bench.entry, "params": params, "seeds": seeds,
-             "flush_bytes": L2_FLUSH_BYTES, "warmup": BENCH_WARMUP}
+             "flush_bytes": L2_FLUSH_BYTES, "warmup": BENCH_WARMUP, "total_reps": rounds * reps}
     reply = ctx.worker.request(setup, 10 * spec.time_limit_s, f"warming up {bench.entry} on {bench.name}")
     if reply.get("status") != "ok":
         return {"error": _error_text(reply)}
@@ -324,6 +324,8 @@ def measure(ctx: Context, bench: Benchmark, rounds: int = BENCH_ROUNDS, reps: in
         wall_ms = (time.perf_counter() - t0) * 1e3
         if r.get("status") != "ok":
             return {"error": _error_text(r)}
+        if r.get("bad_output"):
+            return {"error": f"{r['bad_output']}: expected plain tensors of the declared shape and dtype"}
         times = [float(t) for t in r["times_ms"]]
         if len(times) != reps or not all(t == t and t >= 0 for t in times):
             return {"error": "the student process reported malformed timings"}
@@ -396,9 +398,11 @@ def _speed_check(bench: Benchmark) -> Callable:
             details["student_gbps"] = nbytes / stu_ms / 1e6
             rate = f", {details['student_gbps']:.0f} GB/s"
         timing = f"{stu_ms:.4f} ms vs {bench.baseline} {base_ms:.4f} ms{rate}"
-        if m["suspicious"]:
+        details["wall_disagreements"] = m["suspicious"]
+        # A patched timer under-reports every batch; one slow batch (an OS hiccup) is noise.
+        if len(m["suspicious"]) * 2 > len(m["student"]) // BENCH_REPS:
             return _result(ctx, p, "fail", f"invalid timing: the reported call times disagree with the wall "
-                                           f"clock ({len(m['suspicious'])} batch(es)); {timing}", **details)
+                                           f"clock in {len(m['suspicious'])} batch(es); {timing}", **details)
         if stu_ms < 0.95 * floor:
             return _result(ctx, p, "fail", f"invalid timing: {stu_ms:.4f} ms is below the physical floor "
                                            f"{floor:.4f} ms for this GPU (roofline); {timing}", **details)

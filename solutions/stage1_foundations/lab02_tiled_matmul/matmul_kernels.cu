@@ -71,7 +71,8 @@ extern "C" __global__ void sgemm_smem_tiled(const float* A, const float* B, floa
 // 256 threads compute a BM x BN = 128 x 128 tile of C; thread (tRow, tCol) owns an 8 x 8 sub-tile in
 // registers. Per K-step of BK = 8: the block stages A[128 x 8] (stored transposed, As[k][m]) and
 // B[8 x 128] in shared memory; each thread reads 8 values of A and 8 of B per k and does 64 FMAs.
-// Shared-memory loads per FMA: 16 / 64 = 0.25 (kernel 3: 2 per FMA).
+// Shared-memory loads per FMA: 16 / 64 = 0.25 (kernel 3: 2 per FMA). When K and N are multiples of 4
+// the tiles are fetched with 16-byte loads (one per thread per tile).
 #define BM 128
 #define BN 128
 #define BK 8
@@ -95,23 +96,41 @@ sgemm_register_blocked(const float* __restrict__ A, const float* __restrict__ B,
 #pragma unroll
         for (int j = 0; j < TN; ++j) acc[i][j] = 0.f;
     float regM[TM], regN[TN];
+    // 16-byte global loads need 16-byte aligned rows: aligned base pointers and K, N multiples of 4.
+    // Then no float4 straddles a row end (k and n offsets are multiples of 4 too).
+    const bool vec4 = (K % 4 == 0) && (N % 4 == 0) && (reinterpret_cast<size_t>(A) % 16 == 0) &&
+                      (reinterpret_cast<size_t>(B) % 16 == 0);
 
     for (int k0 = 0; k0 < K; k0 += BK) {
-        // A tile: 1024 floats, 4 per thread; consecutive threads read consecutive k of one row.
+        if (vec4) {
+            // One 16-byte load per thread for each tile (rows of A and B are 16-byte aligned).
+            const int m = tid / (BK / 4), ka = (tid % (BK / 4)) * 4;           // A: 128 rows x 2 float4
+            const int gm = bRow + m, gka = k0 + ka;
+            const float4 av = (gm < M && gka < K) ? *reinterpret_cast<const float4*>(&A[(size_t)gm * K + gka])
+                                                  : make_float4(0.f, 0.f, 0.f, 0.f);
+            As[ka + 0][m] = av.x; As[ka + 1][m] = av.y; As[ka + 2][m] = av.z; As[ka + 3][m] = av.w;
+            const int kb = tid / (BN / 4), n = (tid % (BN / 4)) * 4;           // B: 8 rows x 32 float4
+            const int gkb = k0 + kb, gn = bCol + n;
+            *reinterpret_cast<float4*>(&Bs[kb][n]) =
+                (gkb < K && gn < N) ? *reinterpret_cast<const float4*>(&B[(size_t)gkb * N + gn])
+                                    : make_float4(0.f, 0.f, 0.f, 0.f);
+        } else {
+            // A tile: 1024 floats, 4 per thread; consecutive threads read consecutive k of one row.
 #pragma unroll
-        for (int i = 0; i < (BM * BK) / NTHREADS; ++i) {
-            const int idx = tid + i * NTHREADS;
-            const int m = idx / BK, k = idx % BK;
-            const int gm = bRow + m, gk = k0 + k;
-            As[k][m] = (gm < M && gk < K) ? A[(size_t)gm * K + gk] : 0.f;
-        }
-        // B tile: 1024 floats, 4 per thread; consecutive threads read consecutive n (coalesced).
+            for (int i = 0; i < (BM * BK) / NTHREADS; ++i) {
+                const int idx = tid + i * NTHREADS;
+                const int m = idx / BK, k = idx % BK;
+                const int gm = bRow + m, gk = k0 + k;
+                As[k][m] = (gm < M && gk < K) ? A[(size_t)gm * K + gk] : 0.f;
+            }
+            // B tile: 1024 floats, 4 per thread; consecutive threads read consecutive n (coalesced).
 #pragma unroll
-        for (int i = 0; i < (BK * BN) / NTHREADS; ++i) {
-            const int idx = tid + i * NTHREADS;
-            const int k = idx / BN, n = idx % BN;
-            const int gk = k0 + k, gn = bCol + n;
-            Bs[k][n] = (gk < K && gn < N) ? B[(size_t)gk * N + gn] : 0.f;
+            for (int i = 0; i < (BK * BN) / NTHREADS; ++i) {
+                const int idx = tid + i * NTHREADS;
+                const int k = idx / BN, n = idx % BN;
+                const int gk = k0 + k, gn = bCol + n;
+                Bs[k][n] = (gk < K && gn < N) ? B[(size_t)gk * N + gn] : 0.f;
+            }
         }
         __syncthreads();
 #pragma unroll
