@@ -97,6 +97,41 @@ def cmd_profile(args) -> int:
     return profile(args.lab, _source(args), args.entry, Path(args.out), args.seed, console)
 
 
+def cmd_release(args) -> int:
+    from .instructor import release
+    return release(Path(args.out), force=args.force, console=console,
+                   hidden_seed=Path(args.hidden_seed) if args.hidden_seed else None)
+
+
+def cmd_gradebook(args) -> int:
+    from .instructor import gradebook
+    return gradebook(Path(args.submissions), args.labs, Path(args.out), cpu=args.cpu, seed=args.seed,
+                     only=args.only, jobs=args.jobs, gradescope=args.gradescope, console=console)
+
+
+def add_instructor_commands(sub) -> None:
+    """`labs release` and `labs gradebook` (grader/instructor.py)."""
+    r = sub.add_parser("release", help="write the student edition (no solutions) into OUT; refuse if any leaks")
+    r.add_argument("out", metavar="OUT", help="an empty folder outside the repository")
+    r.add_argument("--force", action="store_true", help="write into OUT even if it is not empty")
+    r.add_argument("--hidden-seed", metavar="FILE",
+                   help="file holding the secret grading seed: never copied; its value must not appear in OUT")
+    r.set_defaults(fn=cmd_release)
+
+    g = sub.add_parser("gradebook", help="grade a class: one folder per student -> gradebook.csv and JSON")
+    g.add_argument("submissions", metavar="SUBMISSIONS_DIR", help="one folder per student, named by student id")
+    g.add_argument("--labs", nargs="+", metavar="LAB", help="labs to grade (default: all)")
+    g.add_argument("--out", default="gradebook", help="folder for gradebook.csv and <student>.json")
+    g.add_argument("--gradescope", action="store_true", help="also write <student>.results.json for Gradescope")
+    g.add_argument("--seed", type=int, default=os.environ.get("LABS_SEED", "0"),
+                   help="the secret grading seed (default $LABS_SEED or 0): the labs draw hidden shapes from it, "
+                        "so public shapes cannot be special-cased")
+    g.add_argument("--cpu", action="store_true", help="force the CPU tier")
+    g.add_argument("-k", "--only", action="append", metavar="TEXT", help="only checks whose name contains TEXT")
+    g.add_argument("-j", "--jobs", type=int, default=1, help="students graded at once (default 1)")
+    g.set_defaults(fn=cmd_gradebook)
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="labs", description="kernel-labs: grade, benchmark and profile the labs.")
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -105,7 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
     def source_opts(p):
         p.add_argument("--solutions", action="store_true", help="use the reference solutions")
         p.add_argument("--submission", metavar="DIR", help="a folder holding a student's files")
-        p.add_argument("--seed", type=int, default=int(os.environ.get("LABS_SEED", "0")),
+        p.add_argument("--seed", type=int, default=os.environ.get("LABS_SEED", "0"),
                        help="input seed; instructors use a secret one (default $LABS_SEED or 0)")
 
     g = sub.add_parser("grade", help="run a lab's checks (GPU tier if CUDA is present, else CPU tier)")
@@ -127,6 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
         b.add_argument("--out", default="bench_out", help="folder for the PNG/JSON/trace")
         source_opts(b)
         b.set_defaults(fn=fn)
+    add_instructor_commands(sub)
     return ap
 
 
@@ -136,7 +172,7 @@ def main(argv=None) -> int:
         return args.fn(args)
     except SystemExit as exc:
         if isinstance(exc.code, str):
-            console.print(f"[red]{exc.code}[/]")
+            console.print(f"[red]{escape(exc.code)}[/]")
             return 2
         raise
     except KeyboardInterrupt:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import multiprocessing as mp
-import os
 
 from . import protocol, worker
 
@@ -24,19 +23,10 @@ class WorkerHandle:
     def _start(self):
         ctx = mp.get_context("spawn")
         parent, child = ctx.Pipe()
-        env_before = os.environ.get("TRITON_INTERPRET")
-        if self.interpret:
-            os.environ["TRITON_INTERPRET"] = "1"
-        try:
-            self.proc = ctx.Process(target=worker.main, daemon=True, name=f"student-{self.lab_id}",
-                                    args=(child, self.lab_id, self.files, self.device, self.interpret))
-            self.proc.start()
-        finally:
-            if self.interpret:
-                if env_before is None:
-                    os.environ.pop("TRITON_INTERPRET", None)
-                else:
-                    os.environ["TRITON_INTERPRET"] = env_before
+        # worker.main sets TRITON_INTERPRET itself before anything imports triton.
+        self.proc = ctx.Process(target=worker.main, daemon=True, name=f"student-{self.lab_id}",
+                                args=(child, self.lab_id, self.files, self.device, self.interpret))
+        self.proc.start()
         child.close()
         self.conn = parent
         reply = self._receive(STARTUP_TIMEOUT_S, "starting")

@@ -25,7 +25,7 @@ def mode_line(result: LabResult) -> str:
 
 def table(result: LabResult, console: Console | None = None, verbose: bool = False) -> None:
     console = console or Console()
-    t = Table(title=f"{result.lab}: {result.title} [{result.source}]", title_justify="left", expand=False)
+    t = Table(title=escape(f"{result.lab}: {result.title} [{result.source}]"), title_justify="left", expand=False)
     t.add_column("check", overflow="fold")
     t.add_column("result")
     t.add_column("points", justify="right")
