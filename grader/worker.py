@@ -69,11 +69,21 @@ class _Session:
         return {"status": "ok"}
 
     def do_check(self, msg):
+        torch = self.torch
         params, seed = msg["params"], msg["seed"]
+        self.entry(msg["entry"])          # import first: the import's own allocations must not take the poison
         inputs = self.inputs(params, seed)
         self.poison_allocator(params)
-        out = self.call(msg["entry"], inputs, params)
-        self.sync()
+        # Every torch.empty/empty_like in the call comes back NaN-filled (threat: recycled buffers that
+        # happen to hold the answer, or zeros that hide an unwritten tile). Correctness calls only: it
+        # costs a memset per allocation, which must not be billed to timed calls.
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.utils.deterministic.fill_uninitialized_memory = True
+        try:
+            out = self.call(msg["entry"], inputs, params)
+            self.sync()
+        finally:
+            torch.use_deterministic_algorithms(False)
         outs = out if isinstance(out, (tuple, list)) else (out,)
         kinds = [type(o).__name__ if type(o) is not self.torch.Tensor else "Tensor" for o in outs]
         plain = [o if type(o) is self.torch.Tensor else None for o in outs]
