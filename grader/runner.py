@@ -6,6 +6,7 @@ speed. Any failure is data: a check fails with a message and the next check runs
 
 from __future__ import annotations
 
+import math
 import random
 import re
 import statistics
@@ -20,19 +21,18 @@ from . import REPO_ROOT, cuda, hardware
 from .compare import check_output_type, compare
 from .inputs import derive_seed, make
 from .isolation import StudentFailure, WorkerHandle
+from .worker import BASELINE
 from .labs import get
 from .spec import DTYPES, Benchmark, Case, LabSpec
 
-L2_FLUSH_BYTES = 256 << 20       # 5x the H100's 50 MB L2
+L2_FLUSH_BYTES = 512 << 20       # 10x the H100's 50 MB L2; ~0.17 ms of GPU per call keeps batches GPU-bound
 BENCH_INPUT_SETS = 3             # rotating inputs: consecutive reps never see the same buffers
 BENCH_WARMUP = 3
 BENCH_ROUNDS = 8                 # student batch, baseline batch, repeated (interleaved)
 BENCH_REPS = 5                   # calls per batch
 RECHECK_REPS = 3                 # timed outputs re-checked against the reference
 TIER_EDGE = 0.03                 # a ratio within 3% of a tier edge is measured again
-PREROLL_CYCLES = 100_000         # ~50 us of GPU spin before each timed call hides CPU launch overhead
-BURST_MS = 30.0                  # length of the wall-clock burst that bounds the reported times
-WALL_AGREEMENT = 0.8             # reported median >= 0.8 x the burst's per-call wall time
+WALL_AGREEMENT = 0.8             # reported call time >= 0.8 x what the batches' wall clock leaves for it
 
 
 @dataclass
@@ -116,9 +116,18 @@ class Context:
         self.missing = {f for f, p in files.items() if not p.is_file()}
         self.audit_failed: dict[str, str] = {}
         self.env = hardware.environment(tier, seed)
+        self._baseline_worker: WorkerHandle | None = None
+
+    def baseline_worker(self) -> WorkerHandle:
+        """A process running only the lab's baselines (trusted code), timed like the student's."""
+        if self._baseline_worker is None:
+            self._baseline_worker = WorkerHandle(self.spec.id, {}, self.device, interpret=False)
+        return self._baseline_worker
 
     def close(self):
         self.worker.close()
+        if self._baseline_worker is not None:
+            self._baseline_worker.close()
 
     def entry_missing(self, entry: str) -> set[str]:
         return set(self.spec.entries[entry].files) & self.missing
@@ -231,7 +240,9 @@ def _judge_outputs(ctx: Context, params: dict, outputs: list, kinds: list | None
         c = compare(out, r, spec.tolerances[dt])
         stats[f"rel_err{i}"] = c.rel_fro_err
         if not c.ok:
-            return False, label + c.message, stats
+            advice = spec.hints(c.kind, params) if spec.hints else None
+            text = c.message.split(" Hint: ")[0] + f" Hint: {advice}" if advice else c.message
+            return False, label + text, stats
         messages.append(label + c.message)
     return True, "; ".join(messages), stats
 
@@ -268,82 +279,77 @@ def _correctness_check(case: Case) -> Callable:
     return run
 
 
-def measure(ctx: Context, bench: Benchmark, rounds: int = BENCH_ROUNDS, reps: int = BENCH_REPS,
-            baseline: Callable | None = None) -> dict:
-    """The one benchmark protocol: the student's calls timed in their process (events around the call
-    plus a device-wide sync), the baseline timed here, interleaved batch by batch, L2 flushed before
-    every call, inputs rotating over several seeded sets; medians; wall clock cross-check."""
+def measure(ctx: Context, bench: Benchmark, rounds: int = BENCH_ROUNDS, reps: int = BENCH_REPS) -> dict:
+    """The one benchmark protocol. The student's entry and the baseline are timed by the same harness
+    (worker.do_bench_run) in two sibling processes, batch by batch in turn: calls back to back, L2
+    flushed before each, events around each, one device-wide sync per batch, inputs rotating over
+    seeded sets. The student's reported times are then bounded by the batches' wall time on this
+    process's clock (each batch ends in a device-wide sync): a patched timer or work on an
+    unsynchronized side stream reports less than that leaves, and fails."""
     spec = ctx.spec
     params = dict(bench.params)
     seeds = [derive_seed(ctx.seed, spec.id, bench.name, "set", i) for i in range(BENCH_INPUT_SETS)]
-    setup = {"cmd": "bench_setup", "entry": bench.entry, "params": params, "seeds": seeds,
-             "flush_bytes": L2_FLUSH_BYTES, "warmup": BENCH_WARMUP, "total_reps": rounds * reps,
-             "preroll_cycles": PREROLL_CYCLES}
-    reply = ctx.worker.request(setup, 10 * spec.time_limit_s, f"warming up {bench.entry} on {bench.name}")
-    if reply.get("status") != "ok":
-        return {"error": _error_text(reply)}
-    sets = [make(spec, params, s, "cuda") for s in seeds]
-    base_fn = baseline or spec.baselines[bench.baseline]
-    flush = torch.empty(L2_FLUSH_BYTES // 4, dtype=torch.int32, device="cuda")
-    for i in range(BENCH_WARMUP):
-        base_fn(sets[i % len(sets)], params)
-    torch.cuda.synchronize()
+    timers = {"student": (ctx.worker, bench.entry), "base": (ctx.baseline_worker(), BASELINE + bench.baseline)}
+    for who, (w, entry) in timers.items():
+        setup = {"cmd": "bench_setup", "entry": entry, "params": params, "seeds": seeds,
+                 "flush_bytes": L2_FLUSH_BYTES, "warmup": BENCH_WARMUP, "total_reps": rounds * reps}
+        r = w.request(setup, 10 * spec.time_limit_s, f"warming up {entry} on {bench.name}")
+        if r.get("status") != "ok":
+            return {"error": ("" if who == "student" else "baseline failed: ") + _error_text(r)}
 
-    def time_baseline(start: int) -> list[float]:
-        out = []
-        for i in range(start, start + reps):
-            flush.zero_()
-            s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            torch.cuda.synchronize()
-            torch.cuda._sleep(PREROLL_CYCLES)
-            s.record()
-            base_fn(sets[i % len(sets)], params)
-            torch.cuda.synchronize()
-            e.record()
-            e.synchronize()
-            out.append(s.elapsed_time(e))
-        return out
-
-    flush_ms = []
-    for _ in range(5):
-        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        s.record()
-        flush.zero_()
-        e.record()
-        e.synchronize()
-        flush_ms.append(s.elapsed_time(e))
     ping = []
     for _ in range(5):
         t0 = time.perf_counter()
         ctx.worker.request({"cmd": "ping"}, 30, "answering a ping")
         ping.append((time.perf_counter() - t0) * 1e3)
-    flush_med, ping_med = statistics.median(flush_ms), statistics.median(ping)
-
-    student, base = [], []
+    times = {"student": [], "base": []}
+    student_wall_ms = 0.0
     start = 0
     for _ in range(rounds):
-        r = ctx.worker.request({"cmd": "bench_run", "start": start, "reps": reps}, reps * spec.time_limit_s,
-                               f"timing {bench.entry} on {bench.name}")
-        if r.get("status") != "ok":
-            return {"error": _error_text(r)}
-        if r.get("bad_output"):
-            return {"error": f"{r['bad_output']}: expected plain tensors of the declared shape and dtype"}
-        times = [float(t) for t in r["times_ms"]]
-        if len(times) != reps or not all(t == t and t >= 0 for t in times):
-            return {"error": "the student process reported malformed timings"}
-        student += times
-        base += time_baseline(start)
+        for who, (w, entry) in timers.items():
+            t0 = time.perf_counter()
+            r = w.request({"cmd": "bench_run", "start": start, "reps": reps}, reps * spec.time_limit_s,
+                          f"timing {entry} on {bench.name}")
+            if who == "student":
+                student_wall_ms += (time.perf_counter() - t0) * 1e3 - statistics.median(ping)
+            if r.get("status") != "ok":
+                return {"error": ("" if who == "student" else "baseline failed: ") + _error_text(r)}
+            if r.get("bad_output"):
+                return {"error": f"{r['bad_output']}: expected plain tensors of the declared shape and dtype"}
+            ts = r.get("times_ms")
+            if not isinstance(ts, list) or len(ts) != reps or not all(isinstance(t, (int, float)) and t >= 0 for t in ts):
+                return {"error": f"the {who} process reported malformed timings"}
+            times[who] += [float(t) for t in ts]
         start += reps
-    # The reported times come from the student's process. Bound them from here: n calls back to back,
-    # one sync, timed on this process's clock (no flush, so the bound is if anything too fast).
-    n = max(5, min(500, int(BURST_MS / max(statistics.median(student), 1e-3))))
-    t0 = time.perf_counter()
-    r = ctx.worker.request({"cmd": "bench_burst", "n": n}, n * spec.time_limit_s, f"timing a burst of {bench.entry}")
-    burst_ms = ((time.perf_counter() - t0) * 1e3 - ping_med) / n
-    if r.get("status") != "ok":
-        return {"error": _error_text(r)}
-    return {"student": student, "base": base, "reps_done": start, "burst_ms": burst_ms,
-            "sets": sets, "seeds": seeds, "flush_ms": flush_med, "ping_ms": ping_med}
+    ctx.baseline_worker().request({"cmd": "bench_clear"}, 60, "freeing baseline inputs")
+    # What the wall clock leaves for the student's calls: batch wall time minus the round trip and the
+    # per-call flush and archive copy (timed here on the same GPU). Every batch ends in a device-wide
+    # sync, so work on side streams is inside it; a patched timer cannot touch this clock.
+    wall_per_call = (student_wall_ms - start * _overhead_ms(spec, params)) / start
+    return {"student": times["student"], "base": times["base"], "reps_done": start,
+            "wall_per_call_ms": wall_per_call, "seeds": seeds}
+
+
+def _overhead_ms(spec: LabSpec, params: dict) -> float:
+    """GPU time per timed call that is not the student's: the L2 flush and the archive copy of the outputs."""
+    def timed(fn) -> float:
+        ts = []
+        for _ in range(5):
+            s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            s.record()
+            fn()
+            e.record()
+            e.synchronize()
+            ts.append(s.elapsed_time(e))
+        return statistics.median(ts)
+
+    flush = torch.empty(L2_FLUSH_BYTES // 4, dtype=torch.int32, device="cuda")
+    out_bytes = sum(math.prod(shape) * DTYPES[dt].itemsize for shape, dt in spec.outputs(params))
+    src = torch.empty(max(out_bytes, 1), dtype=torch.uint8, device="cuda")
+    dst = torch.empty_like(src)
+    total = timed(flush.zero_) + timed(lambda: dst.copy_(src))
+    del flush, src, dst
+    return total
 
 
 def _speed_check(bench: Benchmark) -> Callable:
@@ -369,7 +375,7 @@ def _speed_check(bench: Benchmark) -> Callable:
                     return _result(ctx, p, "fail", more["error"])
                 m["student"] += more["student"]
                 m["base"] += more["base"]
-                m["burst_ms"] = min(m["burst_ms"], more["burst_ms"])
+                m["wall_per_call_ms"] = max(m["wall_per_call_ms"], more["wall_per_call_ms"])
                 stu_ms, base_ms = statistics.median(m["student"]), statistics.median(m["base"])
                 ratio = base_ms / stu_ms if stu_ms > 0 else float("inf")
                 note = " (re-measured: near a tier edge)"
@@ -379,7 +385,7 @@ def _speed_check(bench: Benchmark) -> Callable:
                 r = ctx.worker.request({"cmd": "bench_fetch", "rep": rep}, 120, "returning a timed output")
                 if r.get("status") != "ok":
                     return _result(ctx, p, "fail", _error_text(r))
-                ref = spec.reference(m["sets"][rep % len(m["sets"])], params)
+                ref = spec.reference(make(spec, params, m["seeds"][rep % len(m["seeds"])], "cuda"), params)
                 ok, text, _ = _judge_outputs(ctx, params, r["outputs"], None, ref)
                 if not ok:
                     return _result(ctx, p, "fail", f"timed call #{rep} returned a wrong result: {text}. Every "
@@ -400,16 +406,18 @@ def _speed_check(bench: Benchmark) -> Callable:
         if flops:
             details["student_tflops"] = flops / stu_ms / 1e9
             details["baseline_tflops"] = flops / base_ms / 1e9
-            rate = f", {details['student_tflops']:.1f} vs {details['baseline_tflops']:.1f} TFLOP/s"
-        elif nbytes:
+            rate += f", {details['student_tflops']:.1f} vs {details['baseline_tflops']:.1f} TFLOP/s"
+        if nbytes:
             details["student_gbps"] = nbytes / stu_ms / 1e6
-            rate = f", {details['student_gbps']:.0f} GB/s"
+            details["baseline_gbps"] = nbytes / base_ms / 1e6
+            rate += f", {details['student_gbps']:.0f} vs {details['baseline_gbps']:.0f} GB/s"
         timing = f"{stu_ms:.4f} ms vs {bench.baseline} {base_ms:.4f} ms{rate}"
-        details["burst_wall_ms_per_call"] = m["burst_ms"]
-        if stu_ms < WALL_AGREEMENT * m["burst_ms"]:
-            return _result(ctx, p, "fail", f"invalid timing: the reported {stu_ms:.4f} ms per call is less than "
-                                           f"{WALL_AGREEMENT:g}x the {m['burst_ms']:.4f} ms per call that the "
-                                           f"grader's own clock saw over a burst; {timing}", **details)
+        details["wall_per_call_ms"] = m["wall_per_call_ms"]
+        mean_ms = statistics.fmean(m["student"])
+        if mean_ms < WALL_AGREEMENT * m["wall_per_call_ms"]:
+            return _result(ctx, p, "fail", f"invalid timing: the calls report {mean_ms:.4f} ms on average, but the "
+                                           f"grader's own clock leaves {m['wall_per_call_ms']:.4f} ms per call (work "
+                                           f"on an unsynchronized stream, or a patched timer); {timing}", **details)
         if stu_ms < 0.95 * floor:
             return _result(ctx, p, "fail", f"invalid timing: {stu_ms:.4f} ms is below the physical floor "
                                            f"{floor:.4f} ms for this GPU (roofline); {timing}", **details)
