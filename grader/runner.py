@@ -28,11 +28,12 @@ from .spec import DTYPES, Benchmark, Case, LabSpec
 L2_FLUSH_BYTES = 512 << 20       # 10x the H100's 50 MB L2; ~0.17 ms of GPU per call keeps batches GPU-bound
 BENCH_INPUT_SETS = 3             # rotating inputs: consecutive reps never see the same buffers
 BENCH_WARMUP = 3
-BENCH_ROUNDS = 8                 # student batch, baseline batch, repeated (interleaved)
-BENCH_REPS = 5                   # calls per batch
+BENCH_ROUNDS = 6                 # student batch, baseline batch, repeated (interleaved)
+BENCH_REPS = 10                  # calls per batch
 RECHECK_REPS = 3                 # timed outputs re-checked against the reference
 TIER_EDGE = 0.03                 # a ratio within 3% of a tier edge is measured again
-WALL_AGREEMENT = 0.8             # reported call time >= 0.8 x what the batches' wall clock leaves for it
+WALL_AGREEMENT = 0.8             # reported call time >= 0.8 x what the batches' wall clock leaves for it,
+WALL_SLACK_MS = 0.02             # less 20 us: overhead estimates are not exact for very short kernels
 
 
 @dataclass
@@ -229,7 +230,7 @@ def _judge_outputs(ctx: Context, params: dict, outputs: list, kinds: list | None
         return False, f"returned {len(outputs)} output(s), expected {len(expected)}", {}
     stats = {}
     messages = []
-    for i, ((shape, dt), out, r) in enumerate(zip(expected, outputs, refs)):
+    for i, ((shape, dt, *tol_key), out, r) in enumerate(zip(expected, outputs, refs)):
         label = f"output {i}: " if len(expected) > 1 else ""
         if out is None:
             kind = kinds[i] if kinds else "?"
@@ -237,7 +238,7 @@ def _judge_outputs(ctx: Context, params: dict, outputs: list, kinds: list | None
         bad = check_output_type(out, shape, DTYPES[dt])
         if bad:
             return False, label + bad.message, {}
-        c = compare(out, r, spec.tolerances[dt])
+        c = compare(out, r, spec.tolerances[tol_key[0] if tol_key else dt])
         stats[f"rel_err{i}"] = c.rel_fro_err
         if not c.ok:
             advice = spec.hints(c.kind, params) if spec.hints else None
@@ -297,11 +298,11 @@ def measure(ctx: Context, bench: Benchmark, rounds: int = BENCH_ROUNDS, reps: in
         if r.get("status") != "ok":
             return {"error": ("" if who == "student" else "baseline failed: ") + _error_text(r)}
 
-    ping = []
+    empty_batch = []        # a batch of zero calls: the round trip and the syncs around a batch
     for _ in range(5):
         t0 = time.perf_counter()
-        ctx.worker.request({"cmd": "ping"}, 30, "answering a ping")
-        ping.append((time.perf_counter() - t0) * 1e3)
+        ctx.worker.request({"cmd": "bench_run", "start": 0, "reps": 0}, 30, "running an empty batch")
+        empty_batch.append((time.perf_counter() - t0) * 1e3)
     times = {"student": [], "base": []}
     student_wall_ms = 0.0
     start = 0
@@ -311,7 +312,7 @@ def measure(ctx: Context, bench: Benchmark, rounds: int = BENCH_ROUNDS, reps: in
             r = w.request({"cmd": "bench_run", "start": start, "reps": reps}, reps * spec.time_limit_s,
                           f"timing {entry} on {bench.name}")
             if who == "student":
-                student_wall_ms += (time.perf_counter() - t0) * 1e3 - statistics.median(ping)
+                student_wall_ms += (time.perf_counter() - t0) * 1e3 - statistics.median(empty_batch)
             if r.get("status") != "ok":
                 return {"error": ("" if who == "student" else "baseline failed: ") + _error_text(r)}
             if r.get("bad_output"):
@@ -344,7 +345,7 @@ def _overhead_ms(spec: LabSpec, params: dict) -> float:
         return statistics.median(ts)
 
     flush = torch.empty(L2_FLUSH_BYTES // 4, dtype=torch.int32, device="cuda")
-    out_bytes = sum(math.prod(shape) * DTYPES[dt].itemsize for shape, dt in spec.outputs(params))
+    out_bytes = sum(math.prod(shape) * DTYPES[dt].itemsize for shape, dt, *_ in spec.outputs(params))
     src = torch.empty(max(out_bytes, 1), dtype=torch.uint8, device="cuda")
     dst = torch.empty_like(src)
     total = timed(flush.zero_) + timed(lambda: dst.copy_(src))
@@ -414,7 +415,7 @@ def _speed_check(bench: Benchmark) -> Callable:
         timing = f"{stu_ms:.4f} ms vs {bench.baseline} {base_ms:.4f} ms{rate}"
         details["wall_per_call_ms"] = m["wall_per_call_ms"]
         mean_ms = statistics.fmean(m["student"])
-        if mean_ms < WALL_AGREEMENT * m["wall_per_call_ms"]:
+        if mean_ms < WALL_AGREEMENT * m["wall_per_call_ms"] - WALL_SLACK_MS:
             return _result(ctx, p, "fail", f"invalid timing: the calls report {mean_ms:.4f} ms on average, but the "
                                            f"grader's own clock leaves {m['wall_per_call_ms']:.4f} ms per call (work "
                                            f"on an unsynchronized stream, or a patched timer); {timing}", **details)

@@ -104,7 +104,8 @@ class LabSpec:
     make_inputs: Callable[[Mapping[str, Any], torch.Generator, str], dict[str, torch.Tensor]]
     call: Callable[[Callable, dict[str, torch.Tensor], Mapping[str, Any]], Any]  # how to call an entry
     reference: Callable[[dict[str, torch.Tensor], Mapping[str, Any]], torch.Tensor]
-    outputs: Callable[[Mapping[str, Any]], list[tuple[tuple[int, ...], str]]]  # [(shape, dtype name)]
+    # [(shape, dtype name)] or [(shape, dtype name, tolerance key)] when an output needs its own tolerance
+    outputs: Callable[[Mapping[str, Any]], list[tuple]]
     tolerances: dict[str, Tolerance]          # per output dtype name
     cases: list[Case]
     benchmarks: list[Benchmark] = field(default_factory=list)
@@ -168,9 +169,11 @@ def validate(spec: LabSpec) -> None:
             bad(f"case {c.name} uses unknown entry {c.entry}")
         if "dtype" not in c.params:
             bad(f"case {c.name} has no dtype")
-        for _, dt in spec.outputs(c.params):
-            if dt not in spec.tolerances:
-                bad(f"case {c.name}: no tolerance for output dtype {dt}")
+        for _, dt, *tol_key in spec.outputs(c.params):
+            if dt not in DTYPES:
+                bad(f"case {c.name}: unknown output dtype {dt}")
+            if (tol_key[0] if tol_key else dt) not in spec.tolerances:
+                bad(f"case {c.name}: no tolerance for output {dt} {tol_key}")
         if not set(c.tiers) <= set(TIERS) or not c.tiers:
             bad(f"case {c.name}: tiers must be a non-empty subset of {TIERS}")
         if c.trials < 1:

@@ -53,7 +53,7 @@ class _Session:
         """Fill the memory the student's next torch.empty is likely to get with NaN (threat: recycled buffers)."""
         torch = self.torch
         blocks = []
-        for shape, dt in self.spec.outputs(params):
+        for shape, dt, *_ in self.spec.outputs(params):
             from .spec import DTYPES
             dtype = DTYPES[dt]
             if dtype.is_floating_point:
@@ -123,8 +123,9 @@ class _Session:
                       "sets": [self.inputs(params, s) for s in msg["seeds"]]}
         # Timed outputs are copied here after each call (outside the timed region) and the student's
         # tensor is released, so every call allocates from a warm allocator, as the baseline does.
-        self.bench["archive"] = [torch.empty((msg["total_reps"],) + tuple(shape), dtype=DTYPES[dt],
-                                             device=self.device) for shape, dt in self.spec.outputs(params)]
+        self.bench["archive"] = [] if msg["entry"].startswith(BASELINE) else [
+            torch.empty((msg["total_reps"],) + tuple(shape), dtype=DTYPES[dt], device=self.device)
+            for shape, dt, *_ in self.spec.outputs(params)]
         if self.flush_buf is None:
             self.flush_buf = torch.empty(msg["flush_bytes"] // 4, dtype=torch.int32, device=self.device)
         for i in range(msg["warmup"]):
@@ -150,7 +151,9 @@ class _Session:
             end.record()
             events.append((start, end))
             outs = out if isinstance(out, (tuple, list)) else (out,)
-            if len(outs) != len(b["archive"]):
+            if not b["archive"]:        # a baseline: nothing to re-check
+                outs = ()
+            elif len(outs) != len(b["archive"]):
                 bad = bad or f"timed call #{i} returned {len(outs)} outputs"
             for slot, o in zip(b["archive"], outs):   # stream-ordered after `end`: not timed
                 if type(o) is torch.Tensor and o.shape == slot.shape[1:] and o.dtype == slot.dtype:
