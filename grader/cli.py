@@ -65,7 +65,8 @@ def cmd_grade(args) -> int:
 
             def on_check(r):
                 mark = {"pass": "[green]pass[/]", "fail": "[red]FAIL[/]", "skip": "[yellow]skip[/]"}[r.status]
-                console.print(f"  {mark} {r.lab} {escape(r.name)} [dim]({r.seconds:.1f}s)[/]")
+                detail = f": {escape(r.message)}" if r.group == "speed" or r.status == "fail" else ""
+                console.print(f"  {mark} {r.lab} {escape(r.name)} [dim]({r.seconds:.1f}s)[/]{detail}")
 
             try:
                 result = grade(spec.id, source, cpu=args.cpu, seed=args.seed, only=args.only,
