@@ -33,7 +33,9 @@ BENCH_REPS = 10                  # calls per batch
 RECHECK_REPS = 3                 # timed outputs re-checked against the reference
 TIER_EDGE = 0.03                 # a ratio within 3% of a tier edge is measured again
 WALL_AGREEMENT = 0.8             # reported call time >= 0.8 x what the batches' wall clock leaves for it,
-WALL_SLACK_MS = 0.02             # less 20 us: overhead estimates are not exact for very short kernels
+WALL_SLACK_MS = 0.08             # less 80 us: for 30-150 us kernels the per-call host work of the batch is not
+                                 # fully hidden (honest lab03 solutions on the H100 fell up to 54 us short);
+                                 # a patched timer at lab02 sizes still misses by > 150 us
 
 
 @dataclass
