@@ -39,7 +39,8 @@ def todo_message(source: str, symbol: str) -> str | None:
     body = kernel_body(source, symbol)
     if body is None:
         return f"kernel {symbol} not found in the source"
-    m = TODO_RE.search(body)
+    code = re.sub(r"//[^\n]*|/\*.*?\*/", "", body, flags=re.S)   # a TODO commented out is gone
+    m = TODO_RE.search(code)
     return m.group(1) if m else None
 
 

@@ -14,8 +14,8 @@ class StudentFailure(Exception):
 
 
 class WorkerHandle:
-    def __init__(self, lab_id: str, files: dict[str, str], device: str, interpret: bool):
-        self.lab_id, self.files, self.device, self.interpret = lab_id, files, device, interpret
+    def __init__(self, lab_id: str, files: dict[str, str], device: str, interpret: bool, role: str = "student"):
+        self.lab_id, self.files, self.device, self.interpret, self.role = lab_id, files, device, interpret, role
         self.proc = None
         self.conn = None
         self.restarts = 0
@@ -25,7 +25,7 @@ class WorkerHandle:
         parent, child = ctx.Pipe()
         # worker.main sets TRITON_INTERPRET itself before anything imports triton.
         self.proc = ctx.Process(target=worker.main, daemon=True, name=f"student-{self.lab_id}",
-                                args=(child, self.lab_id, self.files, self.device, self.interpret))
+                                args=(child, self.lab_id, self.files, self.device, self.interpret, self.role))
         self.proc.start()
         child.close()
         self.conn = parent
@@ -42,7 +42,10 @@ class WorkerHandle:
         try:
             reply = protocol.recv(self.conn)
         except (EOFError, OSError, ConnectionError):
-            code = self.proc.exitcode if self.proc else None
+            code = None
+            if self.proc is not None:
+                self.proc.join(5)      # reap it first: exitcode is None until then
+                code = self.proc.exitcode
             self.kill()
             raise StudentFailure(f"the student process died while {what} (exit code {code}"
                                  f"{_signal_name(code)}): a segfault, an abort in native code, or os._exit")

@@ -38,7 +38,7 @@ def send(conn, obj) -> None:
     conn.send_bytes(header)
     for t in tensors:
         if t.numel():
-            conn.send_bytes(t.view(torch.uint8).reshape(-1).numpy())
+            conn.send_bytes(t.contiguous().reshape(-1).view(torch.uint8).numpy())
         else:
             conn.send_bytes(b"")
 

@@ -124,7 +124,7 @@ class Context:
     def baseline_worker(self) -> WorkerHandle:
         """A process running only the lab's baselines (trusted code), timed like the student's."""
         if self._baseline_worker is None:
-            self._baseline_worker = WorkerHandle(self.spec.id, {}, self.device, interpret=False)
+            self._baseline_worker = WorkerHandle(self.spec.id, {}, self.device, interpret=False, role="baseline")
         return self._baseline_worker
 
     def close(self):
@@ -218,7 +218,7 @@ def _inputs_unchanged(before: dict, after: dict) -> str | None:
         a = after.get(k)
         if not isinstance(a, torch.Tensor) or a.shape != t.shape or a.dtype != t.dtype:
             return f"input {k!r} came back with a different shape or dtype"
-        x, y = t.detach().cpu().contiguous(), a.contiguous()
+        x, y = t.detach().cpu().contiguous().reshape(-1), a.contiguous().reshape(-1)
         if not torch.equal(x.view(torch.uint8) if x.numel() else x, y.view(torch.uint8) if y.numel() else y):
             return f"input {k!r} was modified by the call: kernels must not write into their inputs"
     return None

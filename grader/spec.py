@@ -8,6 +8,7 @@ seed and must get bit-identical tensors.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -28,6 +29,7 @@ DTYPES: dict[str, torch.dtype] = {
 DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
 
 TIERS = ("cpu", "gpu")
+RESERVED_CHECK_NAMES = ("audit", "implemented")   # entry[audit], entry[implemented] are grader checks
 
 
 @dataclass(frozen=True)
@@ -122,6 +124,9 @@ class LabSpec:
     sweep: Callable[[str], list[Mapping[str, Any]]] | None = None  # for `labs bench`: entry -> params list
     hidden_cases: Callable[[int], list[Case]] | None = None   # extra cases whose shapes come from the seed
     forbidden_ops: tuple[str, ...] = ()       # torch ops (profiler names, e.g. "aten::mm") the student may not call
+    # aten ops whose CPU/CUDA kernels are replaced by an error in the student's process (not the baseline's):
+    # a call fails however it is disguised (profiler detection, patched profiler), not only when audited
+    blocked_ops: tuple[str, ...] = ()
     notebook: str | None = None               # notebook file name inside the lab folder
 
     def __post_init__(self):
@@ -147,7 +152,7 @@ def validate(spec: LabSpec) -> None:
     def bad(msg):
         raise SpecError(f"{spec.id}: {msg}")
 
-    if not spec.id.startswith("lab") or not spec.id[3:5].isdigit():
+    if not re.fullmatch(r"lab\d\d", spec.id):
         bad(f"id must look like lab02, got {spec.id!r}")
     names = [f"{c.entry}[{c.name}]" for c in spec.all_cases(0)]
     dup = {n for n in names if names.count(n) > 1}
@@ -165,6 +170,8 @@ def validate(spec: LabSpec) -> None:
         if e.kind == "cuda" and not e.symbol:
             bad(f"entry {e.name}: a cuda entry names its kernel in `symbol`")
     for c in spec.all_cases(0):
+        if c.name in RESERVED_CHECK_NAMES:
+            bad(f"case name {c.name!r} is reserved for the grader's own checks")
         if c.entry not in spec.entries:
             bad(f"case {c.name} uses unknown entry {c.entry}")
         if "dtype" not in c.params:

@@ -177,7 +177,32 @@ class _Session:
         return {"status": "ok"}
 
 
-def main(conn, lab_id: str, files: dict[str, str], device: str, interpret: bool) -> None:
+def _block_ops(spec) -> object:
+    """Replace the CPU/CUDA kernels of the lab's blocked aten ops with an error, before student code loads."""
+    import warnings
+
+    import torch
+
+    lib = torch.library.Library("aten", "IMPL")
+
+    def blocked(op):
+        def fail(*args, **kwargs):
+            raise RuntimeError(f"{spec.id}: aten::{op} is not allowed in this lab (it is what the lab asks you "
+                               "to write); compute the result with your own kernel")
+        return fail
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")      # "overriding a previously registered kernel" is the point
+        for op in spec.blocked_ops:
+            for key in ("CPU", "CUDA"):
+                try:
+                    lib.impl(op, blocked(op), key)
+                except RuntimeError:
+                    pass                     # an op this torch version lacks
+    return lib
+
+
+def main(conn, lab_id: str, files: dict[str, str], device: str, interpret: bool, role: str = "student") -> None:
     if interpret:
         os.environ["TRITON_INTERPRET"] = "1"
     from . import protocol
@@ -186,6 +211,8 @@ def main(conn, lab_id: str, files: dict[str, str], device: str, interpret: bool)
     sys.stdout = sys.stderr
     try:
         session = _Session(lab_id, files, device)
+        if role == "student":
+            session.blocked_ops_lib = _block_ops(session.spec)   # kept alive: the overrides live with it
     except BaseException as exc:  # noqa: BLE001 - reported to the grading process
         protocol.send(conn, _describe(exc))
         return

@@ -55,13 +55,10 @@ def test_every_exploit_folder_is_complete():
 
 def test_calls_torch_matmul_fails_audit_and_scores_nothing():
     r = grade_exploit("calls_torch_matmul", "triton_matmul[audit]", "fp32-64x64x64", "fp16-33x47x5")
-    audit = check(r, "triton_matmul[audit]")
-    assert_rejected(audit, "aten::mm")
-    assert "aten::mm" in audit.details["ops"]
+    # aten::mm is blocked in the student's process (spec.blocked_ops): the call itself fails, audited or not
+    assert_rejected(check(r, "triton_matmul[audit]"), "aten::mm is not allowed")
     for case in ("fp32-64x64x64", "fp16-33x47x5"):
-        c = check(r, f"triton_matmul[{case}]")
-        assert c.points == 0 and c.max_points == 1, c.message     # right numbers, no credit
-        assert "0 points: the kernel audit found" in c.message
+        assert_rejected(check(r, f"triton_matmul[{case}]"), "aten::mm is not allowed")
     assert r.score == 0 and not r.passed
 
 
@@ -180,8 +177,6 @@ def _assert_audit_rejects(r):
     assert rejected, f"a submission that calls a library got full credit:\n{describe(r)}"
 
 
-@pytest.mark.xfail(strict=True, reason="grader bug: the audit profiles a single call in the student's own process; "
-                   "code that checks torch._C._autograd._profiler_enabled() calls torch.matmul on every other call")
 def test_profiler_aware_matmul_is_rejected():
     _assert_audit_rejects(grade_exploit("profiler_aware_matmul", "triton_matmul[audit]", "fp32-64x64x64"))
 
@@ -192,8 +187,6 @@ def test_numpy_matmul_is_rejected():
     _assert_audit_rejects(grade_exploit("numpy_matmul", "triton_matmul[audit]", "fp32-64x64x64"))
 
 
-@pytest.mark.xfail(strict=True, reason="grader bug: the audit's op list is produced by the student's process; "
-                   "patching torch.profiler.profile.events at import hides torch.matmul")
 def test_patches_profiler_is_rejected():
     _assert_audit_rejects(grade_exploit("patches_profiler", "triton_matmul[audit]", "fp32-64x64x64"))
 
@@ -233,7 +226,10 @@ def test_cublas_via_torch_fails_the_gpu_kernel_audit():
     r = grade_exploit("cublas_via_torch", "triton_matmul[audit]", "triton_matmul[bf16-64x64x64]", cpu=False)
     audit = check(r, "triton_matmul[audit]")
     assert_rejected(audit)
-    assert audit.details["kernels"], f"the op audit caught it but no cuBLAS kernel was named: {audit.message}"
+    # Blocked before cuBLAS runs (aten::mm's CUDA kernel is replaced in the student's process); where an op
+    # is not blocked, the audit must name the library kernel instead.
+    blocked = "aten::mm is not allowed" in audit.message
+    assert blocked or audit.details.get("kernels"), f"caught, but neither blocked nor a kernel named: {audit.message}"
     assert check(r, "triton_matmul[bf16-64x64x64]").points == 0
 
 
@@ -259,10 +255,6 @@ def test_side_stream_work_is_timed(solution_speed_4096):
 
 
 @requires_cuda
-@pytest.mark.xfail(strict=True, reason="grader bug (reasoned, not run on a GPU by the author): call times come from "
-                   "torch.cuda.Event in the student's process, and the wall-clock burst that bounds them runs "
-                   "calls whose outputs are never checked; a submission that spots the burst on its call stack "
-                   "returns at once there, so the bound is tiny and the 0.55x under-report of 2x the work passes")
 def test_patched_timer_is_caught(solution_speed_4096):
     r = grade_exploit("patches_timer", "speed[triton-bf16-4096]", cpu=False)
     c = check(r, "speed[triton-bf16-4096]")

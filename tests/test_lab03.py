@@ -333,10 +333,13 @@ def test_calls_torch_fails_the_audit_and_scores_nothing():
     found = {"softmax": "aten::_softmax", "rmsnorm_fwd": "aten::rms_norm", "layernorm_fwd": "aten::layer_norm",
              "rmsnorm_bwd": "aten::rms_norm"}
     for e in ENTRIES:
-        assert_rejected(check(r, f"{e}[audit]"), found[e], "your own kernel")
+        audit = check(r, f"{e}[audit]")
+        assert_rejected(audit, "your own kernel")
+        # Either the op is blocked in the student's process (spec.blocked_ops) or the audit names it.
+        assert "is not allowed in this lab" in audit.message or found[e] in audit.message, audit.message
         for case in ("fp32-5x37", "fp16-4x1000"):
             c = check(r, f"{e}[{case}]")
-            assert c.points == 0 and c.max_points == 1 and "0 points: the kernel audit found" in c.message, c.message
+            assert c.status == "fail" and c.points == 0 and c.max_points == 1, c.message
     assert r.score == 0 and not r.passed
 
 

@@ -413,9 +413,12 @@ def test_every_exploit_folder_is_complete():
 def test_library_attention_fails_the_audit_and_scores_nothing(name, ops):
     r = grade_exploit(name, "[audit]", "fp32-b1h2n17d16-causal")
     for e in ENTRIES:
-        assert_rejected(check(r, f"{e}[audit]"), ops, "your own kernel")
+        audit = check(r, f"{e}[audit]")
+        assert_rejected(audit, "your own kernel")
+        # Either the op is blocked in the student's process (spec.blocked_ops) or the audit names it.
+        assert "is not allowed in this lab" in audit.message or ops in audit.message, audit.message
         c = check(r, f"{e}[fp32-b1h2n17d16-causal]")
-        assert c.points == 0 and c.max_points == 1 and "0 points: the kernel audit found" in c.message, c.message
+        assert c.status == "fail" and c.points == 0 and c.max_points == 1, c.message
     assert r.score == 0 and not r.passed
 
 

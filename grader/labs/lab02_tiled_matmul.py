@@ -163,6 +163,7 @@ SPEC = LabSpec(
     forbidden_ops=(r"^aten::(mm|matmul|bmm|addmm|addmv|mv|dot|baddbmm|linear|einsum|tensordot|_scaled_mm)$",),
     forbidden_kernels=("cublas", "cutlass", "xmma", "nvjet", r"^(ampere|volta|turing|hopper)_", r"^sm\d+_",
                        "gemmSN", "gemv", "splitKreduce"),
+    blocked_ops=("mm", "bmm", "addmm", "addbmm", "baddbmm", "mv", "addmv", "dot", "vdot", "_scaled_mm"),
     cuda_sources=(CUDA_FILE,),
     time_limit_s=180.0,
     sweep=sweep,

@@ -364,6 +364,8 @@ SPEC = LabSpec(
     bytes_moved=bytes_moved,
     compute_unit=lambda p: "fp32",
     # The ops that would do the work, and torch.compile (Inductor would write the kernel for you).
+    blocked_ops=("_softmax", "_log_softmax", "_safe_softmax", "native_layer_norm", "native_layer_norm_backward",
+                 "_fused_rms_norm", "_fused_rms_norm_backward"),
     forbidden_ops=(
         r"^aten::(_?softmax|_?log_softmax|_safe_softmax|_masked_softmax|_softmax_backward_data|special_softmax"
         r"|special_log_softmax|logsumexp)$",
