@@ -232,7 +232,7 @@ def _judge_outputs(ctx: Context, params: dict, outputs: list, kinds: list | None
         return False, f"returned {len(outputs)} output(s), expected {len(expected)}", {}
     stats = {}
     messages = []
-    for i, ((shape, dt, *tol_key), out, r) in enumerate(zip(expected, outputs, refs)):
+    for i, ((shape, dt, *_), tol, out, r) in enumerate(zip(expected, spec.tolerances_for(params), outputs, refs)):
         label = f"output {i}: " if len(expected) > 1 else ""
         if out is None:
             kind = kinds[i] if kinds else "?"
@@ -240,7 +240,7 @@ def _judge_outputs(ctx: Context, params: dict, outputs: list, kinds: list | None
         bad = check_output_type(out, shape, DTYPES[dt])
         if bad:
             return False, label + bad.message, {}
-        c = compare(out, r, spec.tolerances[tol_key[0] if tol_key else dt])
+        c = compare(out, r, tol)
         stats[f"rel_err{i}"] = c.rel_fro_err
         if not c.ok:
             advice = spec.hints(c.kind, params) if spec.hints else None

@@ -138,6 +138,10 @@ class LabSpec:
                 return c
         raise KeyError(name)
 
+    def tolerances_for(self, params: Mapping[str, Any]) -> list[Tolerance]:
+        """One tolerance per output: its own key when outputs() names one, else its dtype's."""
+        return [self.tolerances[key[0] if key else dt] for _, dt, *key in self.outputs(params)]
+
     def all_cases(self, seed: int) -> list[Case]:
         return self.cases + (self.hidden_cases(seed) if self.hidden_cases else [])
 
