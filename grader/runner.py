@@ -86,7 +86,7 @@ class Planned:
     group: str
     entry: str
     max_points: float
-    run: Callable[["Context"], CheckResult]
+    run: Callable[["Planned", "Context"], CheckResult]   # called as p.run(p, ctx)
 
 
 # ---- where the student's files come from ----------------------------------------------------------

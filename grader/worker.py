@@ -49,17 +49,6 @@ class _Session:
 
         return make(self.spec, params, seed, self.device)
 
-    def poison_allocator(self, params: dict):
-        """Fill the memory the student's next torch.empty is likely to get with NaN (threat: recycled buffers)."""
-        torch = self.torch
-        blocks = []
-        for shape, dt, *_ in self.spec.outputs(params):
-            from .spec import DTYPES
-            dtype = DTYPES[dt]
-            if dtype.is_floating_point:
-                blocks.append(torch.full(shape, float("nan"), dtype=dtype, device=self.device))
-        del blocks
-
     def call(self, name: str, inputs: dict, params: dict):
         if name.startswith(BASELINE):
             return self.entry(name)(inputs, params)
@@ -80,7 +69,6 @@ class _Session:
         params, seed = msg["params"], msg["seed"]
         self.entry(msg["entry"])          # import first: the import's own allocations must not take the poison
         inputs = self.inputs(params, seed)
-        self.poison_allocator(params)
         # Every torch.empty/empty_like in the call comes back NaN-filled (threat: recycled buffers that
         # happen to hold the answer, or zeros that hide an unwritten tile). Correctness calls only: it
         # costs a memset per allocation, which must not be billed to timed calls.
@@ -95,7 +83,7 @@ class _Session:
         kinds = [type(o).__name__ if type(o) is not self.torch.Tensor else "Tensor" for o in outs]
         plain = [o if type(o) is self.torch.Tensor else None for o in outs]
         plain = [o if o is None or o.layout == self.torch.strided else None for o in plain]
-        return {"status": "ok", "outputs": plain, "kinds": kinds, "is_tuple": isinstance(out, (tuple, list)),
+        return {"status": "ok", "outputs": plain, "kinds": kinds,
                 "inputs_after": inputs}
 
     def do_audit(self, msg):
