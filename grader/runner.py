@@ -27,7 +27,8 @@ from .spec import DTYPES, Benchmark, Case, LabSpec
 
 L2_FLUSH_BYTES = 512 << 20       # 10x the H100's 50 MB L2; ~0.17 ms of GPU per call keeps batches GPU-bound
 BENCH_INPUT_SETS = 3             # rotating inputs: consecutive reps never see the same buffers
-BENCH_WARMUP = 3
+BENCH_WARMUP = 3                 # calls, and at least
+BENCH_WARMUP_S = 0.2             # seconds of calls: lets an idle GPU's clock ramp up before timing
 BENCH_ROUNDS = 6                 # student batch, baseline batch, repeated (interleaved)
 BENCH_REPS = 10                  # calls per batch
 RECHECK_REPS = 3                 # timed outputs re-checked against the reference
@@ -295,7 +296,7 @@ def measure(ctx: Context, bench: Benchmark, rounds: int = BENCH_ROUNDS, reps: in
     timers = {"student": (ctx.worker, bench.entry), "base": (ctx.baseline_worker(), BASELINE + bench.baseline)}
     for who, (w, entry) in timers.items():
         setup = {"cmd": "bench_setup", "entry": entry, "params": params, "seeds": seeds,
-                 "flush_bytes": L2_FLUSH_BYTES, "warmup": BENCH_WARMUP, "total_reps": rounds * reps}
+                 "flush_bytes": L2_FLUSH_BYTES, "warmup": BENCH_WARMUP, "warmup_s": BENCH_WARMUP_S, "total_reps": rounds * reps}
         r = w.request(setup, 10 * spec.time_limit_s, f"warming up {entry} on {bench.name}")
         if r.get("status") != "ok":
             return {"error": ("" if who == "student" else "baseline failed: ") + _error_text(r)}
@@ -306,7 +307,7 @@ def measure(ctx: Context, bench: Benchmark, rounds: int = BENCH_ROUNDS, reps: in
         ctx.worker.request({"cmd": "bench_run", "start": 0, "reps": 0}, 30, "running an empty batch")
         empty_batch.append((time.perf_counter() - t0) * 1e3)
     times = {"student": [], "base": []}
-    student_wall_ms = 0.0
+    batch_wall_ms = []      # per student batch: wall time on this process's clock, less the round trip
     start = 0
     for _ in range(rounds):
         for who, (w, entry) in timers.items():
@@ -314,7 +315,7 @@ def measure(ctx: Context, bench: Benchmark, rounds: int = BENCH_ROUNDS, reps: in
             r = w.request({"cmd": "bench_run", "start": start, "reps": reps}, reps * spec.time_limit_s,
                           f"timing {entry} on {bench.name}")
             if who == "student":
-                student_wall_ms += (time.perf_counter() - t0) * 1e3 - statistics.median(empty_batch)
+                batch_wall_ms.append((time.perf_counter() - t0) * 1e3 - statistics.median(empty_batch))
             if r.get("status") != "ok":
                 return {"error": ("" if who == "student" else "baseline failed: ") + _error_text(r)}
             if r.get("bad_output"):
@@ -325,12 +326,17 @@ def measure(ctx: Context, bench: Benchmark, rounds: int = BENCH_ROUNDS, reps: in
             times[who] += [float(t) for t in ts]
         start += reps
     ctx.baseline_worker().request({"cmd": "bench_clear"}, 60, "freeing baseline inputs")
-    # What the wall clock leaves for the student's calls: batch wall time minus the round trip and the
-    # per-call flush and archive copy (timed here on the same GPU). Every batch ends in a device-wide
-    # sync, so work on side streams is inside it; a patched timer cannot touch this clock.
-    wall_per_call = (student_wall_ms - start * _overhead_ms(spec, params)) / start
+    # What the wall clock leaves for the student's calls, batch by batch: batch wall time minus the round
+    # trip and the per-call flush and archive copy (timed here on the same GPU). Every batch ends in a
+    # device-wide sync, so work on side streams is inside it; a patched timer cannot touch this clock.
+    # Compared as medians over batches, reported vs wall, so that one disturbed batch (a clock ramp, a
+    # host hiccup) can neither fail an honest kernel nor hide a cheat that is present in every batch.
+    overhead = _overhead_ms(spec, params)
+    wall_left = [w / reps - overhead for w in batch_wall_ms]
+    reported = [statistics.fmean(times["student"][i * reps:(i + 1) * reps]) for i in range(len(batch_wall_ms))]
     return {"student": times["student"], "base": times["base"], "reps_done": start,
-            "wall_per_call_ms": wall_per_call, "seeds": seeds}
+            "wall_per_call_ms": statistics.median(wall_left), "reported_per_call_ms": statistics.median(reported),
+            "batch_wall_left_ms": wall_left, "batch_reported_ms": reported, "seeds": seeds}
 
 
 def _overhead_ms(spec: LabSpec, params: dict) -> float:
@@ -378,7 +384,10 @@ def _speed_check(bench: Benchmark) -> Callable:
                     return _result(ctx, p, "fail", more["error"])
                 m["student"] += more["student"]
                 m["base"] += more["base"]
-                m["wall_per_call_ms"] = max(m["wall_per_call_ms"], more["wall_per_call_ms"])
+                for key in ("batch_wall_left_ms", "batch_reported_ms"):
+                    m[key] += more[key]
+                m["wall_per_call_ms"] = statistics.median(m["batch_wall_left_ms"])
+                m["reported_per_call_ms"] = statistics.median(m["batch_reported_ms"])
                 stu_ms, base_ms = statistics.median(m["student"]), statistics.median(m["base"])
                 ratio = base_ms / stu_ms if stu_ms > 0 else float("inf")
                 note = " (re-measured: near a tier edge)"
@@ -415,11 +424,12 @@ def _speed_check(bench: Benchmark) -> Callable:
             details["baseline_gbps"] = nbytes / base_ms / 1e6
             rate += f", {details['student_gbps']:.0f} vs {details['baseline_gbps']:.0f} GB/s"
         timing = f"{stu_ms:.4f} ms vs {bench.baseline} {base_ms:.4f} ms{rate}"
-        details["wall_per_call_ms"] = m["wall_per_call_ms"]
-        mean_ms = statistics.fmean(m["student"])
+        for key in ("wall_per_call_ms", "reported_per_call_ms", "batch_wall_left_ms", "batch_reported_ms"):
+            details[key] = m[key]
+        mean_ms = m["reported_per_call_ms"]
         if mean_ms < WALL_AGREEMENT * m["wall_per_call_ms"] - WALL_SLACK_MS:
-            return _result(ctx, p, "fail", f"invalid timing: the calls report {mean_ms:.4f} ms on average, but the "
-                                           f"grader's own clock leaves {m['wall_per_call_ms']:.4f} ms per call (work "
+            return _result(ctx, p, "fail", f"invalid timing: the calls report {mean_ms:.4f} ms per call (median "
+                                           f"batch), but the grader's own clock leaves {m['wall_per_call_ms']:.4f} ms per call (work "
                                            f"on an unsynchronized stream, or a patched timer); {timing}", **details)
         if stu_ms < 0.95 * floor:
             return _result(ctx, p, "fail", f"invalid timing: {stu_ms:.4f} ms is below the physical floor "

@@ -151,6 +151,9 @@ def rmsnorm_bwd_kernel(
     #   3. else: dw_acc cannot hold a whole row -- zero dw_row in memory first; per row, one loop over the
     #      blocks for sum(x * x) and sum(g * x) (mean(g * xhat) = rstd * mean(g * x)), a second that stores
     #      dx and adds dy * xhat into dw_row (load, add, store: this program alone owns that row).
+    #   Speed (the copy-bandwidth target): in 2., one row at a time leaves the SM waiting on HBM during
+    #   each row's two reductions. Load row r + 1's x and dy (masked off when r + 1 == row_end) before you reduce
+    #   row r, and carry them into the next iteration: the load latency then hides behind the math.
     pass
 
 
@@ -234,11 +237,12 @@ def layernorm_fwd(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps
 
 
 def reduction_programs(device: torch.device, num_warps: int) -> int:
-    """How many programs share the rows in rmsnorm_bwd: as many as run at once (an SM holds 64K
-    registers, 32 * num_warps threads at <= 64 registers each), so dw_partial stays small."""
+    """How many programs share the rows in rmsnorm_bwd: as many as run at once, so dw_partial stays small.
+    A program holds two rows' x and dy (this one and the prefetched next) plus w and dw_acc: 16 values
+    per thread each, ~100 registers; 512 threads per SM at that fit in its 64K registers."""
     if device.type == "cuda":
         sms = torch.cuda.get_device_properties(device).multi_processor_count
-        return sms * max(1, 32 // num_warps)
+        return sms * max(1, 16 // num_warps)
     return REDUCTION_PROGRAMS_CPU
 
 
@@ -258,7 +262,7 @@ def rmsnorm_bwd(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
     dx = torch.empty((M, N), dtype=x.dtype, device=x.device)
     if M == 0 or N == 0:
         return dx.view(x.shape), torch.zeros(N, dtype=weight.dtype, device=x.device)
-    block, num_warps, fits = row_config(N, values_per_thread=8, max_warps=32)
+    block, num_warps, fits = row_config(N, values_per_thread=16, max_warps=16)
     rows_per_program = triton.cdiv(M, min(M, reduction_programs(x.device, num_warps)))
     programs = triton.cdiv(M, rows_per_program)          # every program gets at least one row
     dw_partial = torch.empty((programs, N), dtype=torch.float32, device=x.device)
