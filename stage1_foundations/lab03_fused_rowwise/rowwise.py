@@ -26,6 +26,7 @@ The idea, per program (one row):
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 
@@ -236,13 +237,17 @@ def layernorm_fwd(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps
     return y.view(x.shape)
 
 
+@functools.lru_cache(maxsize=None)
+def _sm_count(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count     # ~10 us: ask once
+
+
 def reduction_programs(device: torch.device, num_warps: int) -> int:
     """How many programs share the rows in rmsnorm_bwd: as many as run at once, so dw_partial stays small.
     A program holds two rows' x and dy (this one and the prefetched next) plus w and dw_acc: 16 values
     per thread each, ~100 registers; 512 threads per SM at that fit in its 64K registers."""
     if device.type == "cuda":
-        sms = torch.cuda.get_device_properties(device).multi_processor_count
-        return sms * max(1, 16 // num_warps)
+        return _sm_count(device.index or 0) * max(1, 16 // num_warps)
     return REDUCTION_PROGRAMS_CPU
 
 
@@ -262,7 +267,7 @@ def rmsnorm_bwd(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
     dx = torch.empty((M, N), dtype=x.dtype, device=x.device)
     if M == 0 or N == 0:
         return dx.view(x.shape), torch.zeros(N, dtype=weight.dtype, device=x.device)
-    block, num_warps, fits = row_config(N, values_per_thread=16, max_warps=16)
+    block, num_warps, fits = row_config(N, values_per_thread=16, max_warps=32)
     rows_per_program = triton.cdiv(M, min(M, reduction_programs(x.device, num_warps)))
     programs = triton.cdiv(M, rows_per_program)          # every program gets at least one row
     dw_partial = torch.empty((programs, N), dtype=torch.float32, device=x.device)

@@ -26,6 +26,7 @@ The idea, per program (one row):
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 
@@ -203,16 +204,23 @@ def rmsnorm_bwd_kernel(
         w = tl.load(w_ptr + cols, mask=mask, other=0.0).to(tl.float32)
         dw_acc = tl.zeros((BLOCK_SIZE,), tl.float32)
         # Software pipelining by hand: row r + 1 is loaded before row r is reduced, so its HBM latency
-        # hides behind this row's two block-wide reductions (H100, 4096 x 8192 bf16: 0.64x -> 0.82x copy).
-        first = cols < tl.where(row_start < row_end, n_cols, 0)     # all-false when there is no row
-        x_next = tl.load(x_ptr + row_start * stride_x_row + cols, mask=first, other=0.0)
-        dy_next = tl.load(dy_ptr + row_start * stride_dy_row + cols, mask=first, other=0.0)
+        # hides behind this row's two block-wide reductions (H100, 4096 x 8192 bf16: 0.64x -> 0.83x copy).
+        # Rows wider than 8192 hold too many registers for a second copy (spills; measured 5x slower).
+        PREFETCH: tl.constexpr = BLOCK_SIZE <= 8192
+        if PREFETCH:
+            first = cols < tl.where(row_start < row_end, n_cols, 0)     # all-false when there is no row
+            x_next = tl.load(x_ptr + row_start * stride_x_row + cols, mask=first, other=0.0)
+            dy_next = tl.load(dy_ptr + row_start * stride_dy_row + cols, mask=first, other=0.0)
         for r in range(row_start, row_end):
-            x = x_next.to(tl.float32)
-            dy = dy_next.to(tl.float32)
-            more = cols < tl.where(r + 1 < row_end, n_cols, 0)
-            x_next = tl.load(x_ptr + (r + 1) * stride_x_row + cols, mask=more, other=0.0)
-            dy_next = tl.load(dy_ptr + (r + 1) * stride_dy_row + cols, mask=more, other=0.0)
+            if PREFETCH:
+                x = x_next.to(tl.float32)
+                dy = dy_next.to(tl.float32)
+                more = cols < tl.where(r + 1 < row_end, n_cols, 0)
+                x_next = tl.load(x_ptr + (r + 1) * stride_x_row + cols, mask=more, other=0.0)
+                dy_next = tl.load(dy_ptr + (r + 1) * stride_dy_row + cols, mask=more, other=0.0)
+            else:
+                x = tl.load(x_ptr + r * stride_x_row + cols, mask=mask, other=0.0).to(tl.float32)
+                dy = tl.load(dy_ptr + r * stride_dy_row + cols, mask=mask, other=0.0).to(tl.float32)
             rstd = tl.rsqrt(tl.sum(x * x, axis=0) / n_cols + eps)
             xhat = x * rstd
             g = dy * w
@@ -322,13 +330,17 @@ def layernorm_fwd(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps
     return y.view(x.shape)
 
 
+@functools.lru_cache(maxsize=None)
+def _sm_count(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count     # ~10 us: ask once
+
+
 def reduction_programs(device: torch.device, num_warps: int) -> int:
     """How many programs share the rows in rmsnorm_bwd: as many as run at once, so dw_partial stays small.
     A program holds two rows' x and dy (this one and the prefetched next) plus w and dw_acc: 16 values
     per thread each, ~100 registers; 512 threads per SM at that fit in its 64K registers."""
     if device.type == "cuda":
-        sms = torch.cuda.get_device_properties(device).multi_processor_count
-        return sms * max(1, 16 // num_warps)
+        return _sm_count(device.index or 0) * max(1, 16 // num_warps)
     return REDUCTION_PROGRAMS_CPU
 
 
@@ -348,7 +360,7 @@ def rmsnorm_bwd(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
     dx = torch.empty((M, N), dtype=x.dtype, device=x.device)
     if M == 0 or N == 0:
         return dx.view(x.shape), torch.zeros(N, dtype=weight.dtype, device=x.device)
-    block, num_warps, fits = row_config(N, values_per_thread=16, max_warps=16)
+    block, num_warps, fits = row_config(N, values_per_thread=16, max_warps=32)
     rows_per_program = triton.cdiv(M, min(M, reduction_programs(x.device, num_warps)))
     programs = triton.cdiv(M, rows_per_program)          # every program gets at least one row
     dw_partial = torch.empty((programs, N), dtype=torch.float32, device=x.device)
