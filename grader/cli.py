@@ -110,6 +110,48 @@ def cmd_gradebook(args) -> int:
                      only=args.only, jobs=args.jobs, gradescope=args.gradescope, console=console)
 
 
+def cmd_calibrate(args) -> int:
+    """Grade the reference solutions' speed checks on this GPU and store their ratios (grader/calibration)."""
+    import datetime
+
+    import torch
+
+    from . import calibration
+    from .labs import UnknownLab, get
+    from .runner import grade
+
+    if args.from_json:
+        try:
+            report = json.loads(Path(args.from_json).read_text())
+            gpu = report["labs"][0]["env"]["gpu"]
+        except (OSError, ValueError, KeyError, IndexError) as exc:
+            console.print(f"[red]labs calibrate: cannot read a grade report from {args.from_json}: {exc}[/]")
+            return 2
+        ratios, command = calibration.ratios_from_report(report), f"labs calibrate --from-json {args.from_json}"
+    else:
+        if not torch.cuda.is_available():
+            console.print("[red]labs calibrate: no CUDA GPU here; calibration times the solutions on the GPU[/]")
+            return 2
+        try:
+            specs = [get(lab) for lab in args.labs]
+        except UnknownLab as exc:
+            console.print(f"[red]labs: {exc}[/]")
+            return 2
+        gpu, reports = torch.cuda.get_device_name(), []
+        for spec in specs:
+            r = grade(spec.id, "solutions", only=["speed["])
+            reports.append(json.loads(json.dumps(r.as_dict(), default=str)))
+        ratios, command = calibration.ratios_from_report({"labs": reports}), "labs calibrate " + " ".join(args.labs)
+    if not ratios:
+        console.print("[red]labs calibrate: no passing speed check to calibrate from[/]")
+        return 1
+    when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    path = calibration.write(gpu, ratios, when, command)
+    n = sum(len(v) for v in ratios.values())
+    console.print(f"wrote {n} reference ratio(s) for {gpu} to {path}")
+    return 0
+
+
 def add_instructor_commands(sub) -> None:
     """`labs release` and `labs gradebook` (grader/instructor.py)."""
     r = sub.add_parser("release", help="write the student edition (no solutions) into OUT; refuse if any leaks")
@@ -118,6 +160,11 @@ def add_instructor_commands(sub) -> None:
     r.add_argument("--hidden-seed", metavar="FILE",
                    help="file holding the secret grading seed: never copied; its value must not appear in OUT")
     r.set_defaults(fn=cmd_release)
+
+    c = sub.add_parser("calibrate", help="store the reference solutions' speed ratios on this GPU model")
+    c.add_argument("labs", nargs="*", metavar="LAB", help="labs to time (their solutions' speed checks)")
+    c.add_argument("--from-json", metavar="FILE", help="take the ratios from a `labs grade --solutions --json` report")
+    c.set_defaults(fn=cmd_calibrate)
 
     g = sub.add_parser("gradebook", help="grade a class: one folder per student -> gradebook.csv and JSON")
     g.add_argument("submissions", metavar="SUBMISSIONS_DIR", help="one folder per student, named by student id")

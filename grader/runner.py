@@ -17,7 +17,7 @@ from typing import Callable, Iterable
 
 import torch
 
-from . import REPO_ROOT, cuda, hardware
+from . import REPO_ROOT, calibration, cuda, hardware
 from .compare import check_output_type, compare
 from .inputs import derive_seed, make
 from .isolation import StudentFailure, WorkerHandle
@@ -371,6 +371,10 @@ def _speed_check(bench: Benchmark) -> Callable:
         if ctx.entry_missing(p.entry):
             return _result(ctx, p, "fail", f"missing student file(s) {sorted(ctx.entry_missing(p.entry))}")
         params = dict(bench.params)
+        # tier edges for this GPU model (grader/calibration): the same fraction of what the reference
+        # solution reaches here as on the reference GPU
+        scale, cal_note = calibration.factor(ctx.env.gpu, spec.id, bench.name)
+        edges = [(round(t.min_ratio * scale, 3), t.fraction) for t in bench.tiers]
         try:
             m = measure(ctx, bench)
             if "error" in m:
@@ -378,7 +382,7 @@ def _speed_check(bench: Benchmark) -> Callable:
             stu_ms, base_ms = statistics.median(m["student"]), statistics.median(m["base"])
             ratio = base_ms / stu_ms if stu_ms > 0 else float("inf")
             note = ""
-            if any(abs(ratio - t.min_ratio) <= TIER_EDGE * t.min_ratio for t in bench.tiers):
+            if any(abs(ratio - edge) <= TIER_EDGE * edge for edge, _ in edges):
                 more = measure(ctx, bench)
                 if "error" in more:
                     return _result(ctx, p, "fail", more["error"])
@@ -434,8 +438,9 @@ def _speed_check(bench: Benchmark) -> Callable:
         if stu_ms < 0.95 * floor:
             return _result(ctx, p, "fail", f"invalid timing: {stu_ms:.4f} ms is below the physical floor "
                                            f"{floor:.4f} ms for this GPU (roofline); {timing}", **details)
-        frac = max([t.fraction for t in bench.tiers if ratio >= t.min_ratio], default=0.0)
-        tiers = ", ".join(f">={t.min_ratio:g}x: {t.fraction:.0%}" for t in bench.tiers)
+        details["tier_scale"] = scale
+        frac = max([f for edge, f in edges if ratio >= edge], default=0.0)
+        tiers = ", ".join(f">={edge:g}x: {f:.0%}" for edge, f in edges) + (f" ({cal_note})" if cal_note else "")
         status = "pass" if frac >= 1.0 else "fail"
         return _result(ctx, p, status, f"{ratio:.2f}x {bench.baseline}{note}: {timing}; tiers {tiers}",
                        points=bench.points * frac, **details)

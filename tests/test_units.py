@@ -697,3 +697,62 @@ def test_load_kernel_refuses_a_todo(tmp_path):
     p.write_text(SRC)
     with pytest.raises(NotImplementedError, match="lab99: second"):
         cuda.load_kernel(p, "second")
+
+
+# ---- per-GPU calibration of the speed tiers (grader/calibration) ----------------------------------------
+
+def _report(gpu, lab, ratios, status="pass"):
+    return {"labs": [{"lab": lab, "env": {"gpu": gpu}, "checks": [
+        {"name": f"speed[{b}]", "status": status, "details": {"ratio": r}} for b, r in ratios.items()]}]}
+
+
+def test_calibration_scales_tiers_by_the_reference_solutions_ratio(tmp_path, monkeypatch):
+    from grader import calibration as C
+    monkeypatch.setattr(C, "HERE", tmp_path)
+    C.write(C.REFERENCE_GPU, {"lab03": {"b": 1.0, "c": 0.8}}, "t", "cmd")
+    # no file for this GPU: tiers as written, and the report says so
+    f, note = C.factor("NVIDIA A100-SXM4-80GB", "lab03", "b")
+    assert f == 1.0 and "uncalibrated" in note
+    C.write("NVIDIA A100-SXM4-80GB", C.ratios_from_report(_report("A100", "lab03", {"b": 0.7, "x": 2.0})), "t", "cmd")
+    f, note = C.factor("NVIDIA A100-SXM4-80GB", "lab03", "b")
+    assert f == pytest.approx(0.7) and "0.70" in note
+    f, note = C.factor("NVIDIA A100-SXM4-80GB", "lab03", "c")        # not measured on the A100
+    assert f == 1.0 and "no calibration" in note
+    assert C.factor(C.REFERENCE_GPU, "lab03", "b") == (1.0, "")
+    # an implausible factor (a broken calibration) is ignored, loudly
+    C.write("NVIDIA A100-SXM4-80GB", {"lab03": {"b": 0.05}}, "t", "cmd")
+    f, note = C.factor("NVIDIA A100-SXM4-80GB", "lab03", "b")
+    assert f == 1.0 and "ignored" in note
+
+
+def test_calibration_takes_only_passing_speed_checks():
+    from grader import calibration as C
+    assert C.ratios_from_report(_report("g", "lab02", {"a": 0.9}, status="fail")) == {}
+    r = C.ratios_from_report(_report("g", "lab02", {"a": 0.91234567}))
+    assert r == {"lab02": {"a": 0.9123}}
+
+
+def test_reference_gpu_calibration_covers_every_graded_benchmark():
+    """The shipped H100 file holds a ratio for every benchmark that carries points, of every lab measured
+    there, and each ratio clears the benchmark's full-marks edge (the solution's target)."""
+    from grader import calibration as C
+    from grader.labs import all_specs
+    data = C.load(C.REFERENCE_GPU)
+    assert data is not None
+    for spec in all_specs():
+        if spec.id not in data["ratios"]:
+            continue
+        for b in spec.benchmarks:
+            if b.points == 0:
+                continue
+            r = data["ratios"][spec.id].get(b.name)
+            assert r is not None, f"{spec.id} {b.name}: no H100 ratio"
+            assert r >= max(t.min_ratio for t in b.tiers) * 0.97, f"{spec.id} {b.name}: {r} below full marks"
+
+
+def test_calibrate_command_fails_cleanly_without_a_gpu_or_a_report(tmp_path):
+    from tests.conftest import run_cli
+    r = run_cli("calibrate", "lab02")
+    assert r.returncode == 2 and "no CUDA GPU" in r.stdout + r.stderr and "Traceback" not in r.stderr
+    r = run_cli("calibrate", "--from-json", str(tmp_path / "missing.json"))
+    assert r.returncode == 2 and "cannot read a grade report" in r.stdout + r.stderr and "Traceback" not in r.stderr
