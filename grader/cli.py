@@ -152,6 +152,16 @@ def cmd_calibrate(args) -> int:
     return 0
 
 
+def cmd_notebook(args) -> int:
+    from .labs import UnknownLab
+    from .notebook import run
+    try:
+        return run(args.lab, args.solutions, Path(args.out), args.timeout)
+    except UnknownLab as exc:
+        console.print(f"[red]labs: {exc}[/]")
+        return 2
+
+
 def add_instructor_commands(sub) -> None:
     """`labs release` and `labs gradebook` (grader/instructor.py)."""
     r = sub.add_parser("release", help="write the student edition (no solutions) into OUT; refuse if any leaks")
@@ -160,6 +170,13 @@ def add_instructor_commands(sub) -> None:
     r.add_argument("--hidden-seed", metavar="FILE",
                    help="file holding the secret grading seed: never copied; its value must not appear in OUT")
     r.set_defaults(fn=cmd_release)
+
+    n = sub.add_parser("notebook", help="run a lab notebook's code top to bottom without Jupyter (GPU machines)")
+    n.add_argument("lab", metavar="LAB")
+    n.add_argument("--solutions", action="store_true", help="point the notebook at the reference solutions")
+    n.add_argument("--out", default="notebook_out", help="folder for the script and the figures (default notebook_out)")
+    n.add_argument("--timeout", type=float, default=1200, help="seconds (default 1200)")
+    n.set_defaults(fn=cmd_notebook)
 
     c = sub.add_parser("calibrate", help="store the reference solutions' speed ratios on this GPU model")
     c.add_argument("labs", nargs="*", metavar="LAB", help="labs to time (their solutions' speed checks)")

@@ -756,3 +756,24 @@ def test_calibrate_command_fails_cleanly_without_a_gpu_or_a_report(tmp_path):
     assert r.returncode == 2 and "no CUDA GPU" in r.stdout + r.stderr and "Traceback" not in r.stderr
     r = run_cli("calibrate", "--from-json", str(tmp_path / "missing.json"))
     assert r.returncode == 2 and "cannot read a grade report" in r.stdout + r.stderr and "Traceback" not in r.stderr
+
+
+def test_notebook_script_prints_last_expressions(tmp_path):
+    """`labs notebook` turns code cells into one script; a bare last expression (even a multi-line one with
+    a trailing comment) is printed as Jupyter would show it, and a cell ending in a statement prints nothing."""
+    import json as _json
+    import subprocess as _sp
+    import sys as _sys
+    from grader.notebook import to_script
+    cells = [{"cell_type": "code", "source": ["x = 2\n", "(x +\n", " 40)   # a comment\n"]},
+             {"cell_type": "markdown", "source": ["# title"]},
+             {"cell_type": "code", "source": ["y = x * 3"]},
+             {"cell_type": "code", "source": ["print('y', y)\n", "None"]}]
+    nb = tmp_path / "t.ipynb"
+    nb.write_text(_json.dumps({"cells": cells}))
+    script = tmp_path / "t.py"
+    script.write_text(to_script(nb, tmp_path, "lab00"))
+    r = _sp.run([_sys.executable, str(script)], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["---", "cell", "0", "---", "42", "---", "cell", "1", "---",
+                                "---", "cell", "2", "---", "y", "6"]
