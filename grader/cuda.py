@@ -55,8 +55,9 @@ def nvcc_compile(path: Path, arch: str = "sm_90", timeout_s: float = 180) -> tup
         return False, "nvcc not found"
     with tempfile.TemporaryDirectory() as tmp:
         cmd = [nvcc, f"-arch={arch}", "-std=c++17", "-ptx", str(path), "-o", str(Path(tmp) / "out.ptx")]
+        from .isolation import run_child
         try:
-            r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
+            r = run_child(cmd, capture_output=True, text=True, timeout=timeout_s)
         except subprocess.TimeoutExpired:
             return False, f"nvcc took more than {timeout_s:.0f}s"
     out = (r.stdout + r.stderr).strip()

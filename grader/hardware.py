@@ -82,8 +82,9 @@ def environment(tier: str, seed: int) -> Environment:
         env.gpu = torch.cuda.get_device_name()
         env.gpu_count = torch.cuda.device_count()
         env.cuda = torch.version.cuda or ""
+        from .isolation import run_child
         try:
-            q = subprocess.run(["nvidia-smi", "--query-gpu=driver_version,clocks.sm,clocks.max.sm",
+            q = run_child(["nvidia-smi", "--query-gpu=driver_version,clocks.sm,clocks.max.sm",
                                 "--format=csv,noheader"], capture_output=True, text=True, timeout=20)
             first = q.stdout.strip().splitlines()[0].split(", ")
             env.driver, env.sm_clock_mhz = first[0], f"{first[1]} (max {first[2]})"

@@ -191,8 +191,6 @@ def test_patches_profiler_is_rejected():
     _assert_audit_rejects(grade_exploit("patches_profiler", "triton_matmul[audit]", "fp32-64x64x64"))
 
 
-@pytest.mark.xfail(strict=True, reason="grader bug: WorkerHandle.kill/close end only the worker process; anything "
-                   "it started (here in a new session) keeps running after grading")
 def test_leaked_processes_do_not_outlive_grading(tmp_path, monkeypatch):
     pidfile = tmp_path / "pids"
     monkeypatch.setenv("KERNEL_LABS_TEST_PIDFILE", str(pidfile))   # read by the exploit in the student's process
