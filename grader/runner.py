@@ -460,6 +460,7 @@ def plan(spec: LabSpec, tier: str, seed: int = 0) -> list[Planned]:
     for src in spec.cuda_sources:
         checks.append(Planned(f"compile[{src}]", "compile", "", 0.0, _compile_check(src)))
     cases = [c for c in spec.all_cases(seed) if tier in c.tiers]
+    public = [c for c in spec.cases]
     for name, e in spec.entries.items():
         entry_cases = [c for c in cases if c.entry == name]
         if e.kind == "cuda" and tier == "cpu":
@@ -467,12 +468,28 @@ def plan(spec: LabSpec, tier: str, seed: int = 0) -> list[Planned]:
             continue
         if (spec.forbidden_ops or (spec.forbidden_kernels and tier == "gpu")) and entry_cases:
             checks.append(Planned(f"{name}[audit]", "audit", name, 0.0, _audit_check(entry_cases[0])))
+        hidden = 0
         for c in entry_cases:
-            checks.append(Planned(f"{name}[{c.name}]", "correctness", name, spec.correctness_points,
-                                  _correctness_check(c)))
+            label = c.name
+            if seed != 0 and c not in public:
+                # a secret seed's shapes stay secret: a report a student sees must not name them
+                hidden += 1
+                label = f"hidden-{hidden}"
+            fn = _correctness_check(c)
+            checks.append(Planned(f"{name}[{label}]", "correctness", name, spec.correctness_points,
+                                  _redacted(fn) if label != c.name else fn))
     for b in spec.benchmarks:
         checks.append(Planned(f"speed[{b.name}]", "speed", b.entry, b.points, _speed_check(b)))
     return checks
+
+
+def _redacted(run: Callable) -> Callable:
+    """A hidden case's result without its shapes (tuples of sizes, AxBxC) and element indices."""
+    def wrapped(p: Planned, ctx: Context) -> CheckResult:
+        r = run(p, ctx)
+        r.message = re.sub(r"\(\d+(?:, ?\d+)*,?\)|\b\d+(?:x\d+)+\b", "(hidden)", r.message)
+        return r
+    return wrapped
 
 
 def pick_tier(cpu: bool) -> str:

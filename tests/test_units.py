@@ -777,3 +777,30 @@ def test_notebook_script_prints_last_expressions(tmp_path):
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == ["---", "cell", "0", "---", "42", "---", "cell", "1", "---",
                                 "---", "cell", "2", "---", "y", "6"]
+
+
+def test_secret_seed_hides_the_drawn_shapes():
+    """With a non-default (secret) seed, the seed-drawn cases are named hidden-N, never by their shapes."""
+    from grader.labs import get
+    from grader.runner import plan
+    spec = get("lab03")
+    public = {f"{c.entry}[{c.name}]" for c in spec.cases}
+    names0 = [p.name for p in plan(spec, "gpu", 0)]
+    names = [p.name for p in plan(spec, "gpu", 987654)]
+    hidden0 = [n for n in names0 if n.startswith(tuple(spec.entries)) and n.split("[", 1)[0] in spec.entries
+               and n not in public and not n.endswith(("[audit]", "[implemented]"))]
+    assert hidden0 and all("seeded" in n for n in hidden0)            # the public seed shows its draws
+    hidden = [n for n in names if "[hidden-" in n]
+    assert len(hidden) == len(hidden0)
+    assert not [n for n in names if "seeded" in n]
+
+
+def test_redacted_messages_lose_shapes():
+    from grader.runner import CheckResult, _redacted
+    def run(p, ctx):
+        return CheckResult(lab="x", name="n", group="correctness", entry="e", status="fail", points=0.0,
+                           max_points=1.0, message="output shape (1922, 33996), expected (1922, 33995) at 12x7; "
+                                                   "max abs err 0.5")
+    r = _redacted(run)(None, None)
+    assert "1922" not in r.message and "33996" not in r.message and "12x7" not in r.message
+    assert "max abs err 0.5" in r.message
