@@ -48,6 +48,15 @@ def launch_grid(n_items: int, threads: int = THREADS, blocks_per_sm: int = BLOCK
     return max(1, min(_cdiv(n_items, threads), sm_count() * blocks_per_sm))
 
 
+def _ptr(t: torch.Tensor):
+    """A tensor as a raw device pointer argument. Not cp.asarray(t): CuPy then honours the CUDA array
+    interface's stream and synchronizes the host with it (CUPY_CUDA_ARRAY_INTERFACE_SYNC), which stalls
+    every launch until the GPU has drained its queue -- measured on an H100 as ~0.15 ms of idle GPU per
+    timed call (copy at 0.55x of torch's instead of ~0.95x)."""
+    import cupy as cp
+    return cp.uint64(t.data_ptr())
+
+
 def _check(x: torch.Tensor, what: str) -> torch.Tensor:
     if x.dtype != torch.float32:
         raise TypeError(f"{what}: the kernels are fp32; got {x.dtype}")
@@ -76,7 +85,7 @@ def copy(x: torch.Tensor, kernel: str = "copy_vectorized", source: str | Path = 
         return out
     grid = launch_grid(_cdiv(n, ITEM_FLOATS[kernel]), threads, blocks_per_sm)
     with cp.cuda.ExternalStream(torch.cuda.current_stream().cuda_stream):
-        fn((grid,), (threads,), (cp.asarray(flat), cp.asarray(out.view(-1)), cp.int64(n)))
+        fn((grid,), (threads,), (_ptr(flat), _ptr(out), cp.int64(n)))
     return out
 
 
@@ -95,7 +104,7 @@ def reduce_sum(x: torch.Tensor, kernel: str = "reduce_sum_shfl", source: str | P
     if n:
         grid = launch_grid(_cdiv(n, ITEM_FLOATS[kernel]), THREADS, blocks_per_sm)
         with cp.cuda.ExternalStream(torch.cuda.current_stream().cuda_stream):
-            fn((grid,), (THREADS,), (cp.asarray(flat), cp.asarray(out), cp.int64(n)))
+            fn((grid,), (THREADS,), (_ptr(flat), _ptr(out), cp.int64(n)))
     return out.reshape(())
 
 

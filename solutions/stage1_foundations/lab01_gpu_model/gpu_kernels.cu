@@ -19,8 +19,8 @@
 // kernel 2  copy_vectorized    (you)   one float4 (16 bytes) per access; the n % 4 tail floats on the side
 // kernel 3  reduce_sum_atomic  (given) a sum in each thread's register, then one atomicAdd per thread
 // kernel 4  reduce_sum_smem    (you)   block-wide tree reduction in shared memory, one atomicAdd per block
-// kernel 5  reduce_sum_shfl    (you)   warp shuffles inside each warp, shared memory across the 8 warps,
-//                                      float4 loads; one atomicAdd per block
+// kernel 5  reduce_sum_shfl    (you)   warp shuffles inside each warp, shared memory across the 8 warps;
+//                                      one atomicAdd per block
 //
 // Inputs are fp32, contiguous, 16-byte aligned (the launcher checks), of any length n >= 1; sums are
 // accumulated in fp32. No system headers: NVRTC compiles this file without them.
@@ -122,17 +122,11 @@ __device__ __forceinline__ float warp_reduce_sum(float v) {
 extern "C" __global__ void reduce_sum_shfl(const float* __restrict__ x, float* out, long long n) {
     __shared__ float warp_sums[WARPS];
     const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-    const long long n4 = n >> 2;
-    const float4* __restrict__ x4 = reinterpret_cast<const float4*>(x);
     const long long stride = (long long)gridDim.x * blockDim.x;
-    const long long gid = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     float acc = 0.f;
-#pragma unroll 4
-    for (long long i = gid; i < n4; i += stride) {                  // loads do not depend on acc:
-        const float4 v = x4[i];                                      // unrolled, 4 are in flight at once
-        acc += (v.x + v.y) + (v.z + v.w);
-    }
-    if (gid < (n & 3)) acc += x[(n4 << 2) + gid];                   // the tail
+    // The same plain loop as kernel 4 (measured 1.00x torch.sum on an H100). A float4 loop with
+    // #pragma unroll 4 measured 0.29x there (2026-11-27, BENCHMARKS.md).
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) acc += x[i];
     acc = warp_reduce_sum(acc);
     if (lane == 0) warp_sums[warp] = acc;
     __syncthreads();

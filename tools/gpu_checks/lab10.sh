@@ -1,0 +1,98 @@
+#!/bin/bash
+# Lab 10 (W4A16) on the H100, from the repo root: PYTHONPATH=. OUT=<dir> bash tools/gpu_checks/lab10.sh
+# (1) solutions, GPU tier (correctness, audit, speed); (2) skeleton, GPU tier (must fail cleanly);
+# (3) the notebook on the solutions; (4) a per-config sweep of the solution kernel vs torch bf16.
+# Budget ~400 s; every step has its own timeout and the script goes on after a failure.
+set -x
+OUT=${OUT:-/tmp/lab10_out}
+export OUT PYTHONPATH=. PYTHONUNBUFFERED=1 COLUMNS=230
+mkdir -p "$OUT"
+nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv
+python3 -c "import torch, triton; print(torch.__version__, triton.__version__)"
+
+# (1) solutions: every check of the GPU tier (first GEMM call per shape bucket autotunes ~5-8 configs)
+timeout 240 python3 -m grader grade lab10 --solutions --json "$OUT/lab10_sol.json" > "$OUT/lab10_sol.log" 2>&1
+grep -E "FAIL|fail|points" "$OUT/lab10_sol.log" | cut -c1-300 | tail -20
+python3 - <<'EOF'
+import json, os
+r = json.load(open(os.path.join(os.environ["OUT"], "lab10_sol.json")))["labs"][0]
+print(f"solutions: {r['score']}/{r['max_score']} on {r['env'].get('gpu')}")
+for c in r["checks"]:
+    d = c.get("details", {})
+    if c["group"] == "correctness" and c["entry"] == "w4a16_matmul":
+        print(f"  {c['status']:4} {c['name']:<55} rel_err {d.get('rel_err', float('nan')):.2e}  {c['seconds']:.1f}s")
+    elif c["status"] != "pass" and c["group"] != "speed":
+        print(f"  {c['status']:4} {c['name']}: {c['message'][:300]}")
+    if c["group"] == "speed":
+        print(f"  {c['status']:4} {c['name']}: ratio {d.get('ratio', 0):.2f}x, student {d.get('student_ms', 0) * 1e3:.1f} us, "
+              f"torch {d.get('baseline_ms', 0) * 1e3:.1f} us, floor {d.get('floor_ms', 0) * 1e3:.1f} us, "
+              f"{d.get('student_gbps', 0):.0f} GB/s :: {c['message'][:160]}")
+EOF
+
+# (2) skeleton: every check must fail with NotImplementedError, no crash
+timeout 90 python3 -m grader grade lab10 --json "$OUT/lab10_skel.json" > "$OUT/lab10_skel.log" 2>&1
+tail -3 "$OUT/lab10_skel.log"
+python3 - <<'EOF'
+import json, os
+r = json.load(open(os.path.join(os.environ["OUT"], "lab10_skel.json")))["labs"][0]
+bad = [c for c in r["checks"] if c["group"] in ("audit", "correctness")
+       and not (c["status"] == "fail" and "NotImplementedError: lab10" in c["message"])]
+print(f"skeleton: {r['score']}/{r['max_score']}; checks not failing cleanly: {len(bad)}")
+for c in bad[:10]:
+    print(f"  {c['name']}: {c['status']}: {c['message'][:200]}")
+EOF
+
+# (3) the notebook on the solutions, without Jupyter (figures saved as PNG in $OUT)
+timeout 180 python3 -m grader notebook lab10 --solutions --out "$OUT" > "$OUT/lab10_nb.log" 2>&1
+grep -v USDT "$OUT/lab10_nb.log" | tail -45
+
+# (4) sweep: each autotune config of the solution, timed alone (do_bench, median) vs torch.matmul bf16
+timeout 150 python3 - <<'EOF' 2>&1 | tee "$OUT/lab10_sweep.log"
+import torch, triton
+from triton.testing import do_bench
+from grader.inputs import make
+from grader.compare import compare
+from grader.labs import get
+from grader.loader import import_file
+import grader.labs.lab10_w4a16 as L
+S = get("lab10")
+G = import_file("solutions/stage2_llm/lab10_w4a16/w4a16_gemm.py")
+print(torch.cuda.get_device_name())
+print(f"{'M':>5} {'K x N':>12} {'BM':>4}{'BN':>5}{'BK':>5}{'SK':>3}{'nib':>4}{'w':>3}{'s':>3} {'us':>8} {'torch us':>9} {'x':>6} {'GB/s':>7}  ok")
+for (K, N) in L.BENCH_SHAPES:
+    for M, configs in ((1, G.DECODE_CONFIGS), (16, G.DECODE_CONFIGS), (128, G.SMALL_PREFILL_CONFIGS)):
+        p = L.gemm(M, K, N, "bf16")
+        inp = make(S, p, 0, "cuda")
+        ref = S.reference(inp, p)
+        base = lambda: S.baselines["torch_bf16"](inp, p)
+        base()
+        t_base = do_bench(base, warmup=25, rep=200, return_mode="median")
+        for c in configs:
+            kw = dict(c.kwargs)
+            if 128 % kw["BLOCK_K"]:
+                continue
+            partial, lock = G._workspace(inp["x"].device, [c], M, N)
+            y = torch.empty(M, N, dtype=torch.bfloat16, device="cuda")
+            x, qw, sc, qz = inp["x"], inp["qweight"], inp["scales"], inp["qzeros"]
+            grid = (triton.cdiv(N, kw["BLOCK_N"]), triton.cdiv(M, kw["BLOCK_M"]), kw["SPLIT_K"])
+            def run():
+                G.w4a16_gemm_kernel[grid](x, qw, sc, qz, y, partial, lock, M, N, K,
+                                          x.stride(0), x.stride(1), qw.stride(0), qw.stride(1), sc.stride(0),
+                                          sc.stride(1), qz.stride(0), qz.stride(1), y.stride(0), y.stride(1),
+                                          GROUP_SIZE=128, M_BUCKET=16, num_warps=c.num_warps,
+                                          num_stages=c.num_stages, **kw)
+            try:
+                run()
+                ok = compare(y, ref, S.tolerances["bf16"]).ok
+                t = do_bench(run, warmup=25, rep=200, return_mode="median")
+            except Exception as exc:
+                print(f"{M:>5} {K}x{N}: {kw} failed: {type(exc).__name__}: {str(exc)[:200]}")
+                continue
+            gbps = L.bytes_moved(p) / (t * 1e-3) / 1e9
+            print(f"{M:>5} {K:>5}x{N:<6} {kw['BLOCK_M']:>4}{kw['BLOCK_N']:>5}{kw['BLOCK_K']:>5}{kw['SPLIT_K']:>3}"
+                  f"{int(kw['NIBBLE_DOTS']):>4}{c.num_warps:>3}{c.num_stages:>3} {t * 1e3:>8.1f} {t_base * 1e3:>9.1f}"
+                  f" {t_base / t:>6.2f} {gbps:>7.0f}  {ok}", flush=True)
+        del inp, ref
+        torch.cuda.empty_cache()
+EOF
+ls -la "$OUT"
