@@ -447,6 +447,7 @@ def test_solution_kernel_compiles_for_sm90():
     except ImportError as exc:
         pytest.skip(f"triton has no NVIDIA backend here: {exc}")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = os.pathsep.join([str(SKELETON_DIR), env.get("PYTHONPATH", "")])   # w4a16_helpers (given)
     proc = subprocess.run([sys.executable, "-c", COMPILE_SCRIPT, str(SOLUTION_DIR / "w4a16_gemm.py")], env=env,
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
@@ -471,7 +472,7 @@ def test_skeleton_imports_and_keeps_the_given_parts():
     os.environ["TRITON_INTERPRET"], before = "1", os.environ.get("TRITON_INTERPRET")
     try:
         qz = import_file(SKELETON_DIR / "quantize.py")
-        gm = import_file(SKELETON_DIR / "w4a16_gemm.py")
+        gm = import_file(SKELETON_DIR / "w4a16_gemm.py", SKELETON_DIR)
     finally:
         if before is None:
             os.environ.pop("TRITON_INTERPRET")
@@ -492,10 +493,12 @@ def test_skeleton_imports_and_keeps_the_given_parts():
 
 
 def test_skeleton_shares_the_given_gemm_code_with_the_solution():
-    """int4_to_float, the split-K epilogue, the workspace and the wrapper are given: identical in both files
-    (but for the skeleton's raise line); only the configs and the kernel body differ."""
+    """int4_to_float and the split-K epilogue live in the given w4a16_helpers.py (imported by both files, so
+    `labs release` never sees solution text); the workspace and the wrapper are given: identical in both
+    files (but for the skeleton's raise line); only the configs and the kernel body differ."""
     def given(text):
-        helpers = text.split("@triton.jit\ndef int4_to_float")[1].split("@triton.jit\ndef ")[0:2]
+        helpers = [line for line in text.splitlines() if line.startswith("from w4a16_helpers import")]
+        assert helpers, "w4a16_gemm.py must import the given helpers"
         wrapper = text.split("def _pick(M: int):")[1]
         return helpers, re.sub(r"    raise NotImplementedError\(.*?\)\n", "", wrapper, flags=re.S)
     assert given((SKELETON_DIR / "w4a16_gemm.py").read_text()) == given((SOLUTION_DIR / "w4a16_gemm.py").read_text())
