@@ -245,6 +245,12 @@ def test_side_stream_work_is_timed(solution_speed_4096):
     r = grade_exploit("side_stream", "triton_matmul[bf16-64x64x64]", "speed[triton-bf16-4096]", cpu=False)
     assert check(r, "triton_matmul[bf16-64x64x64]").status == "pass"
     c = check(r, "speed[triton-bf16-4096]")
+    # Either outcome gains nothing: the archive copy of a timed output runs on the current stream, so it
+    # can race the unsynchronized side stream and re-checking finds a wrong result (seen on the H100,
+    # 2026-11-27: "timed call #22 returned a wrong result"), or the work is inside the batch and timed.
+    if c.status == "fail" and "returned a wrong result" in c.message:
+        assert c.points == 0, c.message
+        return
     assert "student_ms" in c.details, c.message
     assert c.details["student_ms"] >= c.details["floor_ms"], c.message
     # the side-stream kernel is the solution's kernel: it must not look meaningfully faster than it

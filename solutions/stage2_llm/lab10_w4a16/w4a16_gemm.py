@@ -229,25 +229,36 @@ def _pick(M: int):
 
 
 _WORKSPACE: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+_SIZED: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 
 
 def _workspace(device: torch.device, configs, M: int, N: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Split-K scratch, kept between calls: fp32 partial tiles, and one int32 lock per output tile that
-    the kernel always leaves at 0. Sized for the largest need among the bucket's configs; grows only."""
+    the kernel always leaves at 0. Sized for the largest need among the bucket's configs; grows only.
+    Remembered per (device, bucket, M, N): at decode the kernel runs for ~5-10 us, and sizing the
+    workspace in Python on every call (~35 us here, ~3x that on the H100 host) was most of the wrapper's
+    cost."""
+    sized_key = (device.type, device.index, id(configs), M, N)
+    hit = _SIZED.get(sized_key)
+    if hit is not None:
+        return hit
     partial_elems, locks = 1, 1
     for c in configs:
         bm, bn, sk = c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.kwargs["SPLIT_K"]
-        tiles = triton.cdiv(M, bm) * triton.cdiv(N, bn)
+        tiles = -(-M // bm) * -(-N // bn)
         locks = max(locks, tiles)
         if sk > 1:
             partial_elems = max(partial_elems, sk * tiles * bm * bn)
     key = (device.type, device.index)
-    partial, lock = _WORKSPACE.get(key, (None, None))
+    old_partial, old_lock = partial, lock = _WORKSPACE.get(key, (None, None))
     if partial is None or partial.numel() < partial_elems:
         partial = torch.empty(partial_elems, dtype=torch.float32, device=device)
     if lock is None or lock.numel() < locks:
         lock = torch.zeros(locks, dtype=torch.int32, device=device)
+    if partial is not old_partial or lock is not old_lock:
+        _SIZED.clear()                      # older entries point at the buffers just replaced
     _WORKSPACE[key] = (partial, lock)
+    _SIZED[sized_key] = (partial, lock)
     return partial, lock
 
 
@@ -277,8 +288,8 @@ def w4a16_matmul(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, q
     kernel, configs, bucket = _pick(M)
     partial, lock = _workspace(x.device, configs, M, N)
 
-    def grid(meta):
-        return (triton.cdiv(N, meta["BLOCK_N"]), triton.cdiv(M, meta["BLOCK_M"]), meta["SPLIT_K"])
+    def grid(meta):                         # plain ints: triton.cdiv costs a few us per call in Python
+        return (-(-N // meta["BLOCK_N"]), -(-M // meta["BLOCK_M"]), meta["SPLIT_K"])
 
     kernel[grid](
         x, qweight, scales, qzeros, y, partial, lock,
