@@ -699,6 +699,35 @@ def test_load_kernel_refuses_a_todo(tmp_path):
         cuda.load_kernel(p, "second")
 
 
+def test_load_kernel_remembers_per_file_version(tmp_path, monkeypatch):
+    """Launchers call load_kernel on every launch: the source is parsed once per file version, a TODO
+    keeps raising, and an edit (new mtime or size) is seen at the next call."""
+    import os
+    compiled = []
+
+    class FakeModule:
+        def __init__(self, source):
+            self.source = source
+
+        def get_function(self, symbol):
+            compiled.append(symbol)
+            return (symbol, len(self.source))
+
+    monkeypatch.setattr(cuda, "_module", lambda source, options: FakeModule(source))
+    p = tmp_path / "k.cu"
+    p.write_text(SRC)
+    for _ in range(3):
+        with pytest.raises(NotImplementedError, match="lab99: second"):
+            cuda.load_kernel(p, "second")
+    first = cuda.load_kernel(p, "first")
+    assert cuda.load_kernel(p, "first") is first and compiled == ["first"]
+    p.write_text(SRC.replace('LAB_TODO("lab99: second is not written yet");', "x[0] = 2.0f;"))
+    st = p.stat()
+    os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
+    assert cuda.load_kernel(p, "second")[0] == "second"
+    assert cuda.load_kernel(p, "first") != first and compiled == ["first", "second", "first"]
+
+
 # ---- per-GPU calibration of the speed tiers (grader/calibration) ----------------------------------------
 
 def _report(gpu, lab, ratios, status="pass"):
