@@ -209,9 +209,56 @@ def _audit_check(case: Case) -> Callable:
                                            "Compute the result with your own kernel.",
                            ops=bad_ops, kernels=bad_k)
         n = len(reply["kernels"])
+        missing = _own_kernel_missing(ctx, p.entry, reply)
+        if missing:
+            ctx.audit_failed[p.entry] = "the audited call ran none of your kernels"
+            return _result(ctx, p, "fail", missing, kernels=reply["kernels"][:20],
+                           triton_launches=reply.get("triton_launches", [])[:20])
         return _result(ctx, p, "pass", f"no forbidden op or kernel ({len(reply['ops'])} ops, {n} GPU kernels seen)",
-                       kernels=reply["kernels"][:20])
+                       kernels=reply["kernels"][:20], triton_launches=reply.get("triton_launches", [])[:20])
     return run
+
+
+def jit_kernel_names(path: Path) -> set[str]:
+    """Names of the Triton kernels a Python file defines: functions under a decorator that mentions `jit`
+    (@triton.jit, @triton.jit(...), under @triton.autotune too) and `name = triton.jit(fn)`. Parsed, never
+    imported: this runs in the grading process."""
+    import ast
+    try:
+        tree = ast.parse(Path(path).read_text())
+    except (OSError, SyntaxError, ValueError):
+        return set()
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            if any("jit" in ast.unparse(d) for d in node.decorator_list):
+                names.add(node.name)
+        elif isinstance(node, ast.Call) and "jit" in ast.unparse(node.func):
+            names.update(a.id for a in node.args if isinstance(a, ast.Name))
+    return names
+
+
+def _own_kernel_missing(ctx: Context, entry: str, reply: dict) -> str | None:
+    """Why the audited call does not count as the student's own kernel (threat 10 beyond torch: NumPy's
+    BLAS, another library, a copy of the answer), or None. Triton entries must launch a @triton.jit
+    kernel defined in their own files; CUDA entries must run their kernel symbol on the GPU."""
+    e = ctx.spec.entries[entry]
+    if not e.own_kernel or e.kind not in ("triton", "cuda"):
+        return None
+    ran = set(reply.get("triton_launches", [])) | set(reply.get("kernels", []))
+    if e.kind == "cuda":
+        if ctx.tier != "gpu" or e.symbol in ran:
+            return None
+        return (f"{entry}: the audited call never ran your CUDA kernel {e.symbol} "
+                f"(GPU kernels seen: {', '.join(sorted(reply.get('kernels', []))[:5]) or 'none'})")
+    defined = set().union(*(jit_kernel_names(ctx.files[f]) for f in e.files if f in ctx.files))
+    if defined & ran:
+        return None
+    where = ", ".join(e.files)
+    if not defined:
+        return f"{entry}: no @triton.jit kernel is defined in {where}; the lab asks you to write one"
+    return (f"{entry}: the audited call launched none of the Triton kernels defined in {where} "
+            f"({', '.join(sorted(defined))}); the result must come from your own kernel")
 
 
 def _inputs_unchanged(before: dict, after: dict) -> str | None:
@@ -477,7 +524,8 @@ def plan(spec: LabSpec, tier: str, seed: int = 0) -> list[Planned]:
         if e.kind == "cuda" and tier == "cpu":
             checks.append(Planned(f"{name}[implemented]", "implemented", name, 0.0, _implemented_check))
             continue
-        if (spec.forbidden_ops or (spec.forbidden_kernels and tier == "gpu")) and entry_cases:
+        if entry_cases and (spec.forbidden_ops or (spec.forbidden_kernels and tier == "gpu")
+                            or (e.own_kernel and e.kind in ("triton", "cuda"))):
             checks.append(Planned(f"{name}[audit]", "audit", name, 0.0, _audit_check(entry_cases[0])))
         hidden = 0
         for c in entry_cases:

@@ -92,6 +92,10 @@ class EntryPoint:
     kind: str                      # "triton" | "cuda" | "python"
     doc: str = ""
     symbol: str = ""               # the kernel's name in a .cu file (kind "cuda")
+    # The audited call must launch a kernel written in the student's files: for "triton", a @triton.jit
+    # function defined there (by name, on both tiers); for "cuda", `symbol` (GPU tier). Off only where
+    # the exercise accepts other routes (lab01's fused_step: a CUDA graph of torch ops is a valid answer).
+    own_kernel: bool = True
 
 
 @dataclass

@@ -95,14 +95,14 @@ class _Session:
         self.call(msg["entry"], inputs, params)      # compile / autotune outside the profiled call
         self.sync()
         acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if self.device == "cuda" else [])
-        with profile(activities=acts) as prof:
+        with profile(activities=acts) as prof, _recording_triton_launches() as launched:
             self.call(msg["entry"], inputs, params)
             self.sync()
         ops, kernels = set(), set()
         for ev in prof.events():
             dev = str(getattr(ev, "device_type", "")).lower()
             (kernels if "cuda" in dev else ops).add(ev.name)
-        return {"status": "ok", "ops": sorted(ops), "kernels": sorted(kernels)}
+        return {"status": "ok", "ops": sorted(ops), "kernels": sorted(kernels), "triton_launches": sorted(launched)}
 
     def do_bench_setup(self, msg):
         torch = self.torch
@@ -171,6 +171,42 @@ class _Session:
 
     def do_ping(self, msg):
         return {"status": "ok"}
+
+
+class _recording_triton_launches:
+    """The names of the Triton kernels launched inside the block, compiled (JITFunction) or under the
+    interpreter (InterpretedFunction, the CPU tier, where the profiler sees no kernel at all)."""
+
+    def __enter__(self) -> set:
+        self.names: set = set()
+        self.patched = []
+        try:
+            from triton.runtime.jit import JITFunction
+            classes = [JITFunction]
+            try:
+                from triton.runtime.interpreter import InterpretedFunction
+                classes.append(InterpretedFunction)
+            except ImportError:
+                pass
+        except ImportError:              # no Triton: nothing can be launched
+            return self.names
+        names = self.names
+        for cls in classes:
+            orig = cls.__dict__.get("run")
+            if orig is None:
+                continue
+
+            def run(fn_self, *args, _orig=orig, **kwargs):
+                names.add(getattr(getattr(fn_self, "fn", None), "__name__", "?"))
+                return _orig(fn_self, *args, **kwargs)
+            cls.run = run
+            self.patched.append((cls, orig))
+        return names
+
+    def __exit__(self, *exc):
+        for cls, orig in self.patched:
+            cls.run = orig
+        return False
 
 
 def _block_ops(spec) -> object:

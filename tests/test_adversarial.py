@@ -181,10 +181,14 @@ def test_profiler_aware_matmul_is_rejected():
     _assert_audit_rejects(grade_exploit("profiler_aware_matmul", "triton_matmul[audit]", "fp32-64x64x64"))
 
 
-@pytest.mark.xfail(strict=True, reason="grader bug: the audit matches torch op names only; numpy.matmul (a BLAS "
-                   "call) runs no torch op, so full correctness credit (on the GPU tier too, via .cpu())")
 def test_numpy_matmul_is_rejected():
-    _assert_audit_rejects(grade_exploit("numpy_matmul", "triton_matmul[audit]", "fp32-64x64x64"))
+    # NumPy's BLAS runs no torch op and no GPU kernel the deny-list knows: the audit requires that the
+    # call launch a @triton.jit kernel defined in the student's own file.
+    r = grade_exploit("numpy_matmul", "triton_matmul[audit]", "fp32-64x64x64")
+    _assert_audit_rejects(r)
+    audit = check(r, "triton_matmul[audit]")
+    assert audit.status == "fail" and "none of the Triton kernels defined in triton_matmul.py" in audit.message, audit.message
+    assert check(r, "triton_matmul[fp32-64x64x64]").points == 0
 
 
 def test_patches_profiler_is_rejected():

@@ -434,7 +434,8 @@ def test_no_diagonal_mask_fails_causal_cases_only():
 def test_cached_output_is_caught_by_fresh_inputs():
     r = grade_exploit("cached_output", "[audit]", "fp32-b1h2n17d16-causal", "fp16-b2h2n100d64-causal")
     for e in ENTRIES:
-        assert check(r, f"{e}[audit]").status == "pass"     # elementwise torch: no forbidden op
+        # elementwise torch: no forbidden op, but no kernel of its own either (the own-kernel rule)
+        assert_rejected(check(r, f"{e}[audit]"), "no @triton.jit kernel is defined in flash_attention.py")
         for case in ("fp32-b1h2n17d16-causal", "fp16-b2h2n100d64-causal"):
             assert_rejected(check(r, f"{e}[{case}]"), "trial", "elements wrong")
 
