@@ -124,8 +124,9 @@ extern "C" __global__ void reduce_sum_shfl(const float* __restrict__ x, float* o
     const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
     const long long stride = (long long)gridDim.x * blockDim.x;
     float acc = 0.f;
-    // The same plain loop as kernel 4 (measured 1.00x torch.sum on an H100). A float4 loop with
-    // #pragma unroll 4 measured 0.29x there (2026-11-27, BENCHMARKS.md).
+    // The same plain loop as kernel 4: 0.99-1.01x torch.sum on an H100 (BENCHMARKS.md). A float4 loop
+    // with #pragma unroll 4 once measured 0.29x, in a run that launch overhead later turned out to have
+    // disturbed (the launcher re-parsed this file per call); it has not been re-measured since.
     for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) acc += x[i];
     acc = warp_reduce_sum(acc);
     if (lane == 0) warp_sums[warp] = acc;
