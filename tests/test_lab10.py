@@ -413,16 +413,16 @@ COMPILE_SCRIPT = textwrap.dedent('''
                partial_ptr="*fp32", tile_lock_ptr="*i32", M="i32", N="i32", K="i32",
                stride_xm="i32", stride_xk="constexpr", stride_qwk="i32", stride_qwn="constexpr",
                stride_sg="i32", stride_sn="constexpr", stride_qzg="i32", stride_qzn="constexpr",
-               stride_ym="i32", stride_yn="constexpr")
+               stride_ym="i32", stride_yn="constexpr", M_BUCKET="i32")
     aligned = ("x_ptr", "qweight_ptr", "scales_ptr", "qzeros_ptr", "y_ptr", "partial_ptr", "tile_lock_ptr",
-               "N", "K", "stride_xm", "stride_qwk", "stride_sg", "stride_ym")
+               "N", "K", "stride_xm", "stride_qwk", "stride_sg", "stride_ym", "M_BUCKET")
     picks = [G.DECODE_CONFIGS[0], G.DECODE_CONFIGS[-1], G.SMALL_PREFILL_CONFIGS[0], G.LARGE_PREFILL_CONFIGS[0]]
     for cfg in picks:
         for dt in ("bf16", "fp16"):
             s = {k: v.replace("D", dt) for k, v in sig.items()}
-            consts = dict(cfg.kwargs, GROUP_SIZE=128, M_BUCKET=16, stride_xk=1, stride_qwn=1, stride_sn=1,
+            consts = dict(cfg.kwargs, GROUP_SIZE=128, stride_xk=1, stride_qwn=1, stride_sn=1,
                           stride_qzn=1, stride_yn=1)
-            for k in ("GROUP_SIZE", "M_BUCKET", *cfg.kwargs):
+            for k in ("GROUP_SIZE", *cfg.kwargs):
                 s[k] = "constexpr"
             names = list(s)
             attrs = {(names.index(n),): [["tt.divisibility", 16]] for n in aligned}
