@@ -492,7 +492,8 @@ def _speed_check(bench: Benchmark) -> Callable:
         if mean_ms < WALL_AGREEMENT * m["wall_per_call_ms"] - WALL_SLACK_MS - base_gap:
             return _result(ctx, p, "fail", f"invalid timing: the calls report {mean_ms:.4f} ms per call (median "
                                            f"batch), but the grader's own clock leaves {m['wall_per_call_ms']:.4f} ms per call (work "
-                                           f"on an unsynchronized stream, or a patched timer); {timing}", **details)
+                                           f"on an unsynchronized stream, or a patched timer; another process busy on the same GPU "
+                                           f"also lands here: grade on an idle GPU); {timing}", **details)
         if stu_ms < 0.95 * floor:
             return _result(ctx, p, "fail", f"invalid timing: {stu_ms:.4f} ms is below the physical floor "
                                            f"{floor:.4f} ms for this GPU (roofline); {timing}", **details)
