@@ -343,7 +343,7 @@ def measure(ctx: Context, bench: Benchmark, rounds: int = BENCH_ROUNDS, reps: in
     timers = {"student": (ctx.worker, bench.entry), "base": (ctx.baseline_worker(), BASELINE + bench.baseline)}
     for who, (w, entry) in timers.items():
         setup = {"cmd": "bench_setup", "entry": entry, "params": params, "seeds": seeds,
-                 "flush_bytes": L2_FLUSH_BYTES, "warmup": BENCH_WARMUP, "warmup_s": BENCH_WARMUP_S, "total_reps": rounds * reps}
+                 "flush_bytes": L2_FLUSH_BYTES if ctx.device == "cuda" else 0, "warmup": BENCH_WARMUP, "warmup_s": BENCH_WARMUP_S, "total_reps": rounds * reps}
         r = w.request(setup, 10 * spec.time_limit_s, f"warming up {entry} on {bench.name}")
         if r.get("status") != "ok":
             return {"error": ("" if who == "student" else "baseline failed: ") + _error_text(r)}
@@ -377,7 +377,7 @@ def measure(ctx: Context, bench: Benchmark, rounds: int = BENCH_ROUNDS, reps: in
     # device-wide sync, so work on side streams is inside it; a patched timer cannot touch this clock.
     # Compared as medians over batches, reported vs wall, so that one disturbed batch (a clock ramp, a
     # host hiccup) can neither fail an honest kernel nor hide a cheat that is present in every batch.
-    overhead = _overhead_ms(spec, params)
+    overhead = _overhead_ms(spec, params) if ctx.device == "cuda" else 0.0
     per_batch = {}
     for who in ("student", "base"):
         walls = batch_wall_ms[who]
@@ -417,6 +417,24 @@ def _overhead_ms(spec: LabSpec, params: dict) -> float:
     return total
 
 
+def recheck_timed_outputs(ctx: Context, bench: Benchmark, m: dict) -> str | None:
+    """Timed outputs are re-checked: every call must be right, not only the first. RECHECK_REPS timed
+    calls, drawn from the grading seed, are fetched from the archive and judged against the reference for
+    the inputs that call saw. Returns why one is wrong, or None."""
+    spec, params = ctx.spec, dict(bench.params)
+    rng = random.Random(derive_seed(ctx.seed, "recheck", bench.name))
+    for rep in sorted(rng.sample(range(m["reps_done"]), min(RECHECK_REPS, m["reps_done"]))):
+        r = ctx.worker.request({"cmd": "bench_fetch", "rep": rep}, 120, "returning a timed output")
+        if r.get("status") != "ok":
+            return _error_text(r)
+        ref = spec.reference(make(spec, params, m["seeds"][rep % len(m["seeds"])], ctx.device), params)
+        ok, text, _ = _judge_outputs(ctx, params, r["outputs"], None, ref)
+        if not ok:
+            return (f"timed call #{rep} returned a wrong result: {text}. Every timed call is checked, not just "
+                    "the first one")
+    return None
+
+
 def _speed_check(bench: Benchmark) -> Callable:
     def run(p: Planned, ctx: Context) -> CheckResult:
         spec = ctx.spec
@@ -451,17 +469,9 @@ def _speed_check(bench: Benchmark) -> Callable:
                 stu_ms, base_ms = statistics.median(m["student"]), statistics.median(m["base"])
                 ratio = base_ms / stu_ms if stu_ms > 0 else float("inf")
                 note = " (re-measured: near a tier edge)"
-            # Timed outputs are re-checked: every call must be right, not only the first.
-            rng = random.Random(derive_seed(ctx.seed, "recheck", bench.name))
-            for rep in sorted(rng.sample(range(m["reps_done"]), min(RECHECK_REPS, m["reps_done"]))):
-                r = ctx.worker.request({"cmd": "bench_fetch", "rep": rep}, 120, "returning a timed output")
-                if r.get("status") != "ok":
-                    return _result(ctx, p, "fail", _error_text(r))
-                ref = spec.reference(make(spec, params, m["seeds"][rep % len(m["seeds"])], "cuda"), params)
-                ok, text, _ = _judge_outputs(ctx, params, r["outputs"], None, ref)
-                if not ok:
-                    return _result(ctx, p, "fail", f"timed call #{rep} returned a wrong result: {text}. Every "
-                                                   "timed call is checked, not just the first one")
+            wrong = recheck_timed_outputs(ctx, bench, m)
+            if wrong:
+                return _result(ctx, p, "fail", wrong)
             ctx.worker.request({"cmd": "bench_clear"}, 60, "freeing benchmark inputs")
         except StudentFailure as exc:
             return _result(ctx, p, "fail", str(exc))

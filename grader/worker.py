@@ -115,7 +115,7 @@ class _Session:
         self.bench["archive"] = [] if msg["entry"].startswith(BASELINE) else [
             torch.empty((msg["total_reps"],) + tuple(shape), dtype=DTYPES[dt], device=self.device)
             for shape, dt, *_ in self.spec.outputs(params)]
-        if self.flush_buf is None:
+        if self.flush_buf is None and msg["flush_bytes"]:
             self.flush_buf = torch.empty(msg["flush_bytes"] // 4, dtype=torch.int32, device=self.device)
         # At least `warmup` calls and `warmup_s` seconds of them: an idle GPU sits at a low clock and
         # takes tens of milliseconds of work to ramp up; a few calls of a 30 us kernel do not get it there.
@@ -137,14 +137,21 @@ class _Session:
         b = self.bench
         bad = None
         events = []
-        torch.cuda.synchronize()
+        cuda = self.device == "cuda"     # on the CPU (the protocol's own tests) the host clock times each call
+        self.sync()
         for i in range(msg["start"], msg["start"] + msg["reps"]):
             inputs = b["sets"][i % len(b["sets"])]
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            self.flush_buf.zero_()
-            start.record()
-            out = self.call(b["entry"], inputs, b["params"])
-            end.record()
+            if self.flush_buf is not None:
+                self.flush_buf.zero_()
+            if cuda:
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                out = self.call(b["entry"], inputs, b["params"])
+                end.record()
+            else:
+                start = time.perf_counter()
+                out = self.call(b["entry"], inputs, b["params"])
+                end = time.perf_counter()
             events.append((start, end))
             outs = out if isinstance(out, (tuple, list)) else (out,)
             if not b["archive"]:        # a baseline: nothing to re-check
@@ -157,8 +164,9 @@ class _Session:
                 else:
                     bad = bad or f"timed call #{i} returned {type(o).__name__} {tuple(getattr(o, 'shape', ()))}"
             del out, outs
-        torch.cuda.synchronize()
-        return {"status": "ok", "times_ms": [s.elapsed_time(e) for s, e in events], "bad_output": bad}
+        self.sync()
+        times = [s.elapsed_time(e) if cuda else (e - s) * 1e3 for s, e in events]
+        return {"status": "ok", "times_ms": times, "bad_output": bad}
 
     def do_bench_fetch(self, msg):
         return {"status": "ok", "outputs": [slot[msg["rep"]] for slot in self.bench["archive"]]}
