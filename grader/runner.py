@@ -355,11 +355,14 @@ def measure(ctx: Context, bench: Benchmark, rounds: int = BENCH_ROUNDS, reps: in
         empty_batch.append((time.perf_counter() - t0) * 1e3)
     times = {"student": [], "base": []}
     batch_wall_ms = {"student": [], "base": []}   # per batch: wall time on this clock, less the round trip
+    rep_seeds = ([derive_seed(ctx.seed, spec.id, bench.name, "rep", i) for i in range(rounds * reps)]
+                 if spec.perturb else [])
     start = 0
     for _ in range(rounds):
         for who, (w, entry) in timers.items():
             t0 = time.perf_counter()
-            r = w.request({"cmd": "bench_run", "start": start, "reps": reps}, reps * spec.time_limit_s,
+            r = w.request({"cmd": "bench_run", "start": start, "reps": reps,
+                           "rep_seeds": rep_seeds[start:start + reps]}, reps * spec.time_limit_s,
                           f"timing {entry} on {bench.name}")
             batch_wall_ms[who].append((time.perf_counter() - t0) * 1e3 - statistics.median(empty_batch))
             if r.get("status") != "ok":
@@ -392,7 +395,7 @@ def measure(ctx: Context, bench: Benchmark, rounds: int = BENCH_ROUNDS, reps: in
     return {"student": times["student"], "base": times["base"], "reps_done": start,
             "wall_per_call_ms": statistics.median(wall_left), "reported_per_call_ms": statistics.median(reported),
             "batch_wall_left_ms": wall_left, "batch_reported_ms": reported, "base_gap_ms": base_gap,
-            "seeds": seeds}
+            "seeds": seeds, "rep_seeds": rep_seeds}
 
 
 def _overhead_ms(spec: LabSpec, params: dict) -> float:
@@ -414,6 +417,10 @@ def _overhead_ms(spec: LabSpec, params: dict) -> float:
     dst = torch.empty_like(src)
     total = timed(flush.zero_) + timed(lambda: dst.copy_(src))
     del flush, src, dst
+    if spec.perturb:                 # the fresh values each timed call gets (GPU part; same for both processes)
+        inputs = make(spec, params, 0, "cuda")
+        total += timed(lambda: spec.perturb(inputs, params, torch.Generator().manual_seed(0)))
+        del inputs
     return total
 
 
@@ -427,7 +434,10 @@ def recheck_timed_outputs(ctx: Context, bench: Benchmark, m: dict) -> str | None
         r = ctx.worker.request({"cmd": "bench_fetch", "rep": rep}, 120, "returning a timed output")
         if r.get("status") != "ok":
             return _error_text(r)
-        ref = spec.reference(make(spec, params, m["seeds"][rep % len(m["seeds"])], ctx.device), params)
+        inputs = make(spec, params, m["seeds"][rep % len(m["seeds"])], ctx.device)
+        if m.get("rep_seeds"):
+            inputs = spec.perturb(inputs, params, torch.Generator().manual_seed(m["rep_seeds"][rep]))
+        ref = spec.reference(inputs, params)
         ok, text, _ = _judge_outputs(ctx, params, r["outputs"], None, ref)
         if not ok:
             return (f"timed call #{rep} returned a wrong result: {text}. Every timed call is checked, not just "

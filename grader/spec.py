@@ -132,6 +132,15 @@ class LabSpec:
     # a call fails however it is disguised (profiler detection, patched profiler), not only when audited
     blocked_ops: tuple[str, ...] = ()
     notebook: str | None = None               # notebook file name inside the lab folder
+    # Fresh values for every timed call: (a set's inputs, params, generator seeded for this call) -> the
+    # inputs this call sees, new tensors, computed outside the timed region in both timing processes and
+    # again by the grading process for the re-checked calls. Without it the timed calls rotate over three
+    # fixed input sets, and an answer replayed per live input tensor is right every time (threat 2); that
+    # only pays where the output is as large as the input (copying it is then as fast as the real op), so
+    # only such labs set it (lab03). It must change every answer: lab03 adds a random column vector, since
+    # its ops are invariant to per-row shifts (softmax) or affine maps (LayerNorm) and commute with
+    # column permutations.
+    perturb: Callable[[dict, Mapping[str, Any], torch.Generator], dict] | None = None
 
     def __post_init__(self):
         validate(self)

@@ -139,8 +139,11 @@ class _Session:
         events = []
         cuda = self.device == "cuda"     # on the CPU (the protocol's own tests) the host clock times each call
         self.sync()
-        for i in range(msg["start"], msg["start"] + msg["reps"]):
+        rep_seeds = msg.get("rep_seeds") or []
+        for j, i in enumerate(range(msg["start"], msg["start"] + msg["reps"])):
             inputs = b["sets"][i % len(b["sets"])]
+            if rep_seeds:                # fresh values for this call (spec.perturb), before the flush
+                inputs = self.spec.perturb(inputs, b["params"], torch.Generator().manual_seed(rep_seeds[j]))
             if self.flush_buf is not None:
                 self.flush_buf.zero_()
             if cuda:
@@ -163,7 +166,7 @@ class _Session:
                     slot[i].copy_(o)
                 else:
                     bad = bad or f"timed call #{i} returned {type(o).__name__} {tuple(getattr(o, 'shape', ()))}"
-            del out, outs
+            del out, outs, inputs
         self.sync()
         times = [s.elapsed_time(e) if cuda else (e - s) * 1e3 for s, e in events]
         return {"status": "ok", "times_ms": times, "bad_output": bad}

@@ -369,17 +369,15 @@ def test_cached_output_is_caught_by_fresh_inputs():
 
 
 def test_replays_timed_inputs_passes_every_correctness_trial():
-    # The exploit is invisible to correctness checks and to the audit: each trial brings a new tensor.
+    # Correctness checks and the audit cannot see the replay (each trial brings a new tensor); timing can.
     r = grade_exploit("replays_timed_inputs", "softmax")
     checks = [c for c in r.checks if c.entry == "softmax" and c.group in ("correctness", "audit")]
     assert checks and all(c.status == "pass" for c in checks), [(c.name, c.message) for c in checks if c.status != "pass"]
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (GPU-tier test: run on the H100)")
-@pytest.mark.xfail(strict=True, reason="grader hole: timed calls rotate over three input sets, so a submission "
-                   "that replays its answer per live input tensor is timed as one clone (~copy speed); fix: fresh "
-                   "input values for every timed call. Not yet run on a GPU.")
 def test_replays_timed_inputs_gets_no_speed_credit():
+    # Its kernel is 4x slower than a copy of the bytes; replays would have been timed as one clone.
     from grader.runner import grade
     bench = "speed[softmax-bf16-4096x8192-copy]"
     r = grade(LAB, exploit_dir(LAB, "replays_timed_inputs"), cpu=False, only=[bench])

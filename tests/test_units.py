@@ -868,9 +868,14 @@ def test_measure_runs_on_the_cpu_and_rechecks_timed_outputs():
     assert m["wall_per_call_ms"] >= 0.5 * m["reported_per_call_ms"], m
 
 
-@pytest.mark.xfail(strict=True, reason="grader hole: timed calls rotate over three fixed input sets, so an answer "
-                   "replayed per live input tensor is right for every timed call (README, known limits)")
-def test_replay_per_live_input_is_caught_in_timed_calls():
+def test_replay_per_live_input_gains_nothing_in_timed_calls():
+    # lab03 gives every timed call fresh tensors with fresh values (spec.perturb): a cache keyed on the live
+    # input never hits, so the exploit computes every timed answer (right, and as slow as computing it).
+    # Before spec.perturb its timed calls were replays: 1.9 ms against the solution's 9.7 ms here.
     from tests.conftest import exploit_dir
     m, wrong = _cpu_measure(exploit_dir("lab03", "replays_timed_inputs"))
-    assert wrong is not None
+    assert m["rep_seeds"] and len(set(m["rep_seeds"])) == m["reps_done"]
+    assert wrong is None, wrong
+    sol, _ = _cpu_measure("solutions")
+    exploit_ms, solution_ms = statistics.median(m["student"]), statistics.median(sol["student"])
+    assert exploit_ms >= 0.5 * solution_ms, (exploit_ms, solution_ms)

@@ -84,6 +84,21 @@ def make_inputs(p, gen):
     raise KeyError(op)
 
 
+def perturb(inputs, p, gen):
+    """Fresh values for one timed call (LabSpec.perturb): x (and dy) plus a random column vector. No
+    row-wise op here is invariant to it, and an old answer cannot be turned into the new one for less
+    than the op itself costs. New tensors, contiguous (the benchmarks' inputs are)."""
+    out = dict(inputs)
+    n = p["shape"][-1]
+    for k in ("x", "dy"):
+        if k in inputs:
+            t = inputs[k]
+            v = torch.randn(n, generator=gen).to(t.dtype)     # drawn on the CPU: both processes get the same
+            # non_blocking: a blocking host-to-device copy would also synchronize the stream every timed call
+            out[k] = t + v.to(t.device, non_blocking=True)
+    return out
+
+
 def call(fn, inputs, p):
     op = p["op"]
     if op == "softmax":
@@ -361,6 +376,7 @@ SPEC = LabSpec(
     hidden_cases=hidden_cases,
     benchmarks=_benchmarks(),
     baselines={"copy": copy, "eager": eager, "compiled": compiled, "F.rms_norm": torch_rms_norm},
+    perturb=perturb,
     bytes_moved=bytes_moved,
     compute_unit=lambda p: "fp32",
     # The ops that would do the work, and torch.compile (Inductor would write the kernel for you).

@@ -1,9 +1,10 @@
 """KNOWN-BAD SUBMISSION, kept as a test the grader must reject (README.md beside it).
 
-softmax remembers its answer per live input tensor (a strong reference keeps id() and data_ptr() from
-being reused) and replays it for the same tensor: correctness trials always bring new tensors, the timed
-calls rotate over three. On a replay it still launches its own kernel on one row, so the audit sees a
-kernel of the student's; the replay itself is one clone, which moves the same bytes as softmax.
+softmax is slow (it runs its kernel four times, standing in for a naive kernel), remembers its answer per
+live input tensor (a strong reference keeps id() and data_ptr() from being reused) and replays it for the
+same tensor: correctness trials always bring new tensors; timed calls, before lab03 set spec.perturb,
+rotated over three. On a replay it still launches its own kernel on one row, so the audit sees a kernel of
+the student's; the replay itself is one clone, which moves the same bytes as softmax.
 
 The rest is the reference solution:
 Lab 03: fused row-wise kernels in Triton -- softmax, RMSNorm (forward and backward), LayerNorm.
@@ -303,7 +304,8 @@ def softmax(x: torch.Tensor) -> torch.Tensor:
         softmax_kernel[(1,)](row, scratch, row.shape[1], row.stride(0), scratch.stride(0),
                              BLOCK_SIZE=block, ROW_FITS=fits, num_warps=num_warps)
         return y.clone()
-    y = _softmax(x)
+    for _ in range(4):
+        y = _softmax(x)
     _REPLAY[key] = (x, y)
     return y.clone()
 
