@@ -176,6 +176,18 @@ def _children(pid: int) -> set[int]:
     return out
 
 
+def _own_helpers() -> set[int]:
+    """Children this process starts for itself outside run_child: multiprocessing's resource tracker
+    (started, or restarted, by whichever spawn needs it first). Killing it only makes Python warn and
+    relaunch it, but it is not a stray."""
+    try:
+        from multiprocessing import resource_tracker
+        pid = getattr(resource_tracker._resource_tracker, "_pid", None)
+    except (ImportError, AttributeError):
+        return set()
+    return {pid} if pid else set()
+
+
 def _end_orphans(keep: set[int]) -> None:
     """Kill our children that we did not start (re-parented orphans of a dead worker), and theirs in turn."""
     if not _subreaper:
@@ -183,7 +195,7 @@ def _end_orphans(keep: set[int]) -> None:
     me = os.getpid()
     for _ in range(10):                     # killing one re-parents its own children to us: repeat
         time.sleep(0.05)                    # re-parenting happens as the dying process exits
-        strays = _children(me) - keep
+        strays = _children(me) - keep - _own_helpers()
         if not strays:
             return
         for pid in strays:
