@@ -1,0 +1,25 @@
+#!/bin/bash
+# Grader changes of 2026-11-27 (session 3) that landed without a GPU run, checked on the H100 in one call
+# (~9 min; from the repository root with $OUT set):
+#   (1) lab03's timed calls get fresh input values (LabSpec.perturb): the speed checks must still pass
+#       (compare with BENCHMARKS.md's lab03 table: the ratios should not move by more than ~2%);
+#   (2) the audit's own-kernel rule: every Triton/CUDA entry's audit must still pass for the solutions;
+#   (3) the lab03 known-bad submission replays_timed_inputs must get no speed credit.
+set -x
+export OUT PYTHONPATH=. PYTHONUNBUFFERED=1 COLUMNS=230
+timeout 400 python3 -m grader grade lab03 --solutions -k speed --no-progress --json $OUT/lab03_speed.json \
+    > $OUT/lab03_speed.log 2>&1
+tail -2 $OUT/lab03_speed.log
+python3 - <<'PY'
+import json, os
+r = json.load(open(os.environ["OUT"] + "/lab03_speed.json"))["labs"][0]
+for c in r["checks"]:
+    d = c.get("details", {})
+    if c["group"] == "speed":
+        print(f"{c['status']:4} {c['name'][:55]:55} {d.get('ratio', 0):6.3f}x wall {d.get('wall_per_call_ms', 0):.3f} "
+              f"rep {d.get('reported_per_call_ms', 0):.3f} gap {d.get('baseline_host_gap_ms', 0):.3f} :: {c['message'][:90]}")
+PY
+timeout 120 python3 -m grader grade lab01 lab02 lab04 lab06 lab10 --solutions -k audit --no-progress \
+    --json $OUT/audits.json > $OUT/audits.log 2>&1
+grep -E "audit|points" $OUT/audits.log | cut -c1-200
+timeout 60 python3 -m pytest tests/test_lab03.py -q -p no:cacheprovider -k replays_timed_inputs_gets_no_speed 2>&1 | tail -2
