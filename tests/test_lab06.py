@@ -628,8 +628,12 @@ def test_ignores_block_table_fails_multi_block_sequences():
     r = grade_exploit("ignores_block_table", RAGGED, "-kv]")
     for e in ATTN:
         assert_rejected(check(r, f"{e}[{RAGGED}]"), "elements wrong")
-        # blocks past the cache's end are read too (out of bounds: garbage, maybe NaN), so no hint is certain
-        assert_rejected(check(r, f"{e}[fp32-b3-h4kv2-d64-page16-lens5,16,33-kv]"), "elements wrong")
+        # Here the contiguous guess runs past the cache's last block: the interpreter reads whatever lies
+        # there (wrong values) or faults on unmapped memory (the worker dies: CI saw SIGSEGV once). Either is
+        # a rejection with a clear message; which one happens depends on the allocator, not on the grader.
+        c = check(r, f"{e}[fp32-b3-h4kv2-d64-page16-lens5,16,33-kv]")
+        assert_rejected(c)
+        assert "elements wrong" in c.message or "student process died" in c.message, c.message
 
 
 def test_reads_nan_padding_returns_nan():
