@@ -385,6 +385,22 @@ def test_replays_timed_inputs_gets_no_speed_credit():
     assert c.points < c.max_points, c.message
 
 
+def test_batch_then_skip_passes_every_correctness_trial():
+    r = grade_exploit("batch_then_skip", "softmax")
+    checks = [c for c in r.checks if c.entry == "softmax" and c.group in ("correctness", "audit")]
+    assert checks and all(c.status == "pass" for c in checks), [(c.name, c.message) for c in checks if c.status != "pass"]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (GPU-tier test: run on the H100)")
+def test_batch_then_skip_is_scored_on_batch_means():
+    # One call per batch computes the batch (4x slow kernel), nine hand out clones: scored on batch means.
+    from grader.runner import grade
+    bench = "speed[softmax-bf16-4096x8192-copy]"
+    r = grade(LAB, exploit_dir(LAB, "batch_then_skip"), cpu=False, only=[bench])
+    c = check(r, bench)
+    assert c.points < c.max_points and "batch means" in c.message, c.message
+
+
 def test_dw_not_reduced_fails_backward_only():
     r = grade_exploit("dw_not_reduced", "fp32-5x37", "fp16-6x4097")
     for case in ("fp32-5x37", "fp16-6x4097"):

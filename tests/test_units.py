@@ -879,3 +879,37 @@ def test_replay_per_live_input_gains_nothing_in_timed_calls():
     sol, _ = _cpu_measure("solutions")
     exploit_ms, solution_ms = statistics.median(m["student"]), statistics.median(sol["student"])
     assert exploit_ms >= 0.5 * solution_ms, (exploit_ms, solution_ms)
+
+
+def test_batch_then_skip_is_scored_on_batch_means():
+    # The first timed call of each batch computes every answer of the batch (the exploit reads the batch's
+    # seeds from its own process), the others hand them out: every timed answer is right and the median
+    # call is a clone. Scored on batch means, it is as slow as its kernel.
+    from grader.runner import scored_times
+    from tests.conftest import exploit_dir
+    m, wrong = _cpu_measure(exploit_dir("lab03", "batch_then_skip"))
+    assert wrong is None, wrong
+    first, rest = m["student"][0::4], [t for i, t in enumerate(m["student"]) if i % 4]
+    assert min(first) > 3 * max(rest), m["student"]          # the exploit did run as described
+    sol, _ = _cpu_measure("solutions")
+    stu_ms, base_ms, note = scored_times(m)
+    assert "batch means" in note
+    sol_ms, sol_base_ms, sol_note = scored_times(sol)
+    assert sol_note == "", sol_note                            # an honest submission keeps its median
+    # (the two timings are compared directly: the tiny eager baseline's CPU batch means are host noise)
+    assert stu_ms >= 2 * sol_ms, (stu_ms, sol_ms)
+
+
+def test_scored_times_ignores_one_slow_call_but_not_uneven_batches():
+    from grader.runner import scored_times
+    # three batches of 4 calls; one call in one batch ran 5x slow (a disturbed batch): the median stands
+    even = {"student": [1.0] * 4 + [5.0] + [1.0] * 7, "base": [2.0] * 12,
+            "batch_reported_ms": [1.0, 2.0, 1.0], "base_batch_reported_ms": [2.0] * 3}
+    assert scored_times(even) == (1.0, 2.0, "")
+    # every batch: one call did the work of four, three handed out answers
+    skewed = dict(even, student=[4.0, 0.1, 0.1, 0.1] * 3, batch_reported_ms=[1.075] * 3)
+    stu, base, note = scored_times(skewed)
+    assert (stu, base) == (1.075, 2.0) and "some calls did others' work" in note
+    # a baseline as uneven as the student excuses the same skew
+    jittery = dict(skewed, base_batch_reported_ms=[2.0 * 1.075 / 0.1] * 3)
+    assert scored_times(jittery)[0] == 0.1

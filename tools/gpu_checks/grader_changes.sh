@@ -4,12 +4,15 @@
 #   (1) lab03's timed calls get fresh input values (LabSpec.perturb): the speed checks must still pass
 #       (compare with BENCHMARKS.md's lab03 table: the ratios should not move by more than ~2%);
 #   (2) the audit's own-kernel rule: every Triton/CUDA entry's audit must still pass for the solutions;
-#   (3) the lab03 known-bad submission replays_timed_inputs must get no speed credit.
+#   (3) the lab03 known-bad submissions replays_timed_inputs and batch_then_skip (session 4: speed scored on
+#       batch means when calls are uneven, runner.scored_times) must get no speed credit; also check that
+#       no solution speed message in (1) says "scored on batch means".
 set -x
 export OUT PYTHONPATH=. PYTHONUNBUFFERED=1 COLUMNS=230
 timeout 400 python3 -m grader grade lab03 --solutions -k speed --no-progress --json $OUT/lab03_speed.json \
     > $OUT/lab03_speed.log 2>&1
 tail -2 $OUT/lab03_speed.log
+grep -c "batch means" $OUT/lab03_speed.log
 python3 - <<'PY'
 import json, os
 r = json.load(open(os.environ["OUT"] + "/lab03_speed.json"))["labs"][0]
@@ -22,4 +25,4 @@ PY
 timeout 120 python3 -m grader grade lab01 lab02 lab04 lab06 lab10 --solutions -k audit --no-progress \
     --json $OUT/audits.json > $OUT/audits.log 2>&1
 grep -E "audit|points" $OUT/audits.log | cut -c1-200
-timeout 60 python3 -m pytest tests/test_lab03.py -q -p no:cacheprovider -k replays_timed_inputs_gets_no_speed 2>&1 | tail -2
+timeout 60 python3 -m pytest tests/test_lab03.py -q -p no:cacheprovider -k "replays_timed_inputs_gets_no_speed or batch_then_skip_is_scored" 2>&1 | tail -2
