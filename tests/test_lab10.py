@@ -436,6 +436,50 @@ COMPILE_SCRIPT = textwrap.dedent('''
 ''')
 
 
+def _ptx_prmt(a: int, b: int, sel: int) -> int:
+    """PTX prmt.b32 (default mode): byte k of the result is byte sel[k] of {b, a} (a = bytes 0-3)."""
+    src = (b << 32) | a
+    out = 0
+    for k in range(4):
+        idx = (sel >> (4 * k)) & 0x7
+        assert not (sel >> (4 * k)) & 0x8, "sign-replicate selectors are not used"
+        out |= ((src >> (8 * idx)) & 0xFF) << (8 * k)
+    return out
+
+
+def _ptx_lop3(a: int, b: int, c: int, lut: int) -> int:
+    out = 0
+    for bit in range(32):
+        i = (((a >> bit) & 1) << 2) | (((b >> bit) & 1) << 1) | ((c >> bit) & 1)
+        out |= ((lut >> i) & 1) << bit
+    return out
+
+
+def test_nibble_ptx_matches_its_meaning():
+    """The solution's inline PTX runs only on a GPU: model prmt and lop3 bit by bit and check that, for
+    words with every nibble value (0xF in the top bits too), the two 16-bit halves are MAGIC + the low
+    nibble of byte BYTE of each word (fp16 MAGIC 0x6400 = 1024, bf16 0x4300 = 128)."""
+    G = import_file(SOLUTION_DIR / "w4a16_gemm.py", str(SKELETON_DIR))
+    gen = torch.Generator().manual_seed(7)
+    words = [w & 0xFFFFFFFF for w in torch.randint(-2**31, 2**31 - 1, (64,), generator=gen).tolist()]
+    words += [0xFFFFFFFF, 0x0, 0xF0F0F0F0, 0x0F0F0F0F, 0x87654321]
+    for magic in (0x4300, 0x6400):
+        for byte in range(4):
+            asm = G._magic_pair_asm(byte, magic * 0x10001)
+            sel, mask, magic2, lut = (int(v) for v in re.search(
+                r"prmt\.b32 t, \$1, \$2, (\d+); lop3\.b32 \$0, t, (\d+), (\d+), (\d+);", asm).groups())
+            for a, b in zip(words, reversed(words)):
+                out = _ptx_lop3(_ptx_prmt(a, b, sel), mask, magic2, lut)
+                want_lo, want_hi = magic | ((a >> (8 * byte)) & 0xF), magic | ((b >> (8 * byte)) & 0xF)
+                assert (out & 0xFFFF, out >> 16) == (want_lo, want_hi), (hex(a), hex(b), byte, hex(out))
+            # and the odd nibbles through the shifted word (arithmetic shift, as int32 >> 4 in Triton)
+            for a in words:
+                signed = a - (1 << 32) if a >> 31 else a
+                hi = (signed >> 4) & 0xFFFFFFFF
+                out = _ptx_lop3(_ptx_prmt(hi, hi, sel), mask, magic2, lut)
+                assert out & 0xFFFF == magic | ((a >> (8 * byte + 4)) & 0xF)
+
+
 def test_solution_kernel_compiles_for_sm90():
     """The interpreter never compiles a kernel: compile the first and last decode config (nibble-plane dots
     with split-K, one dot on small groups) and the first prefill configs for an H100 (Triton's bundled

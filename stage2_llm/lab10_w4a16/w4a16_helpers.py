@@ -40,14 +40,17 @@ def splitk_epilogue(acc, y_ptr, partial_ptr, tile_lock_ptr, M, N, stride_ym, str
         n_tiles = tiles_n * tl.num_programs(1)
         tile = pid_m * tiles_n + pid_n
         in_tile = tl.arange(0, BLOCK_M)[:, None] * BLOCK_N + tl.arange(0, BLOCK_N)[None, :]
-        tl.store(partial_ptr + (pid_k * n_tiles + tile) * (BLOCK_M * BLOCK_N) + in_tile, acc)
+        rows = offs_m[:, None] < M          # rows past M are not stored: at M = 1, 1/16 of the tile
+        tl.store(partial_ptr + (pid_k * n_tiles + tile) * (BLOCK_M * BLOCK_N) + in_tile, acc, mask=rows)
         tl.debug_barrier()                                       # every thread's partial is issued
         arrived = tl.atomic_add(tile_lock_ptr + tile, 1)         # acq_rel, gpu scope: publishes it
         if arrived == SPLIT_K - 1:
             total = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-            for s in tl.static_range(SPLIT_K):
+            # a loop, not tl.static_range: SPLIT_K unrolled tiles of loads in flight set the whole kernel's
+            # register count (sm_90: 255 and a spill at 16 x 128, SPLIT_K = 8, 2 warps; 217 as a loop)
+            for s in range(SPLIT_K):
                 # .cg: read from L2, where the other programs' stores are, not from a stale L1 line
                 total += tl.load(partial_ptr + (s * n_tiles + tile) * (BLOCK_M * BLOCK_N) + in_tile,
-                                 cache_modifier=".cg")
+                                 mask=rows, other=0.0, cache_modifier=".cg")
             tl.store(y_ptrs, total.to(y_ptr.dtype.element_ty), mask=y_mask)
             tl.atomic_xchg(tile_lock_ptr + tile, 0)

@@ -66,38 +66,52 @@ def _configs(rows):
 
 
 if INTERPRET:
-    # Small configs, the first valid one used (no timing under the interpreter). Decode runs split-K with
-    # the nibble-plane dots (group 128) or, for smaller groups, one dot on several K-tiles per group:
-    # the CPU tier exercises both epilogues and both ways of feeding the MMA.
+    # Small configs, the first valid one used (no timing under the interpreter). Decode and small prefill
+    # run split-K with the nibble-plane dots (group 128) or, for smaller groups, one dot on several K-tiles
+    # per group: the CPU tier exercises both epilogues and both ways of feeding the MMA at two tile heights.
     DECODE_CONFIGS = _configs([(16, 32, 128, 2, True, 4, 1), (16, 32, 32, 2, False, 4, 1)])
-    SMALL_PREFILL_CONFIGS = _configs([(32, 32, 32, 1, False, 4, 1)])
+    SMALL_PREFILL_CONFIGS = _configs([(32, 32, 128, 2, True, 4, 1), (32, 32, 32, 1, False, 4, 1)])
     LARGE_PREFILL_CONFIGS = SMALL_PREFILL_CONFIGS
 else:
-    # Decode: weight bandwidth is everything. 4096 x 4096 has only 64 column tiles of 64: split-K fills the
-    # 132 SMs and keeps 4-16 KB of packed weights per program in flight (num_stages). Nibble-plane dots
-    # (see the kernel) need BLOCK_K >= 128; the last two rows serve group sizes 32 and 64.
+    # The autotuner times these on the GPU; the lists come from a static model (docs in the lab README,
+    # "Reading the kernel's SASS"): the K loop's warp-instructions per weight on the sm_90 cubin (HBM at
+    # 3 TB/s delivers 6e12 weights/s, the H100 issues ~0.93e12 warp-instructions/s: more than ~0.15 per
+    # weight and the SMs, not HBM, set the pace), registers -> CTAs per SM, and programs per SM slot.
+    # Decode: weight bandwidth is everything. Wider tiles per warp cost fewer instructions per weight
+    # (0.09-0.11 at 32-64 columns per warp, 0.15-0.2 at 8-16) but more registers; split-K supplies the
+    # programs that 4096 x 4096's 32-64 column tiles cannot. The last two rows serve groups of 64 and 32.
     DECODE_CONFIGS = _configs([
         # BM  BN   BK  SK  nibble warps stages
-        (16, 128, 128, 4, True, 4, 3),
-        (16, 64, 128, 4, True, 4, 4),
-        (16, 128, 128, 2, True, 4, 4),
-        (16, 256, 128, 2, True, 8, 3),
+        (16, 128, 128, 4, True, 4, 3),      # 0.104 warp-instr/weight, 3 CTAs/SM
+        (16, 128, 128, 8, True, 4, 3),
+        (16, 128, 128, 4, True, 2, 3),      # 0.095, 5 CTAs/SM
+        (16, 128, 128, 8, True, 2, 3),
+        (16, 64, 128, 4, True, 2, 3),       # 0.110, 6 CTAs/SM
+        (16, 64, 128, 8, True, 2, 3),
+        (16, 64, 128, 16, True, 2, 2),      # 4096 x 4096: 1024 programs of two K-tiles
+        (16, 256, 128, 4, True, 4, 3),      # 0.093, 2 CTAs/SM
+        (16, 256, 128, 8, True, 4, 3),
         (16, 256, 128, 4, True, 8, 3),
-        (16, 64, 128, 8, True, 4, 4),
         (16, 128, 64, 4, False, 4, 4),
         (16, 64, 32, 4, False, 4, 5),
     ])
-    # M of a few hundred: still mostly weight traffic; 128 x 128 tiles would leave most SMs idle.
+    # M of a few hundred: each weight is dequantized once per M-tile, so one 128-row tile (one warpgroup,
+    # 0.17 warp-instr/weight with nibble-plane dots) beats two 64-row tiles (2 x 0.22; 2 x 0.31 with one
+    # dot); split-K for programs.
     SMALL_PREFILL_CONFIGS = _configs([
+        (128, 128, 128, 2, True, 4, 3),
+        (128, 128, 128, 4, True, 4, 3),
+        (128, 64, 128, 4, True, 4, 3),
+        (64, 64, 128, 2, True, 4, 4),
         (64, 64, 128, 1, False, 4, 4),
         (64, 128, 64, 1, False, 4, 4),
         (128, 128, 64, 1, False, 8, 3),
         (64, 64, 128, 2, False, 4, 3),
-        (128, 64, 128, 1, False, 4, 3),
         (64, 128, 32, 1, False, 4, 4),
     ])
     # Compute-bound: big tiles so each dequantized weight feeds 64-128 rows of x.
     LARGE_PREFILL_CONFIGS = _configs([
+        (128, 128, 128, 1, True, 4, 3),
         (128, 128, 64, 1, False, 8, 3),
         (128, 256, 64, 1, False, 8, 3),
         (128, 64, 128, 1, False, 4, 3),
@@ -119,10 +133,65 @@ def _prune(configs, named_args, **kwargs):
 
 
 
+# Nibble extraction in inline PTX (GPU, fp16/bf16): the compiler's own code for
+# int4_to_float((packed >> 4j) & 0xF) costs ~3 instructions per weight (mask, shift, pair, mask, or);
+# one PRMT (byte b of two words into the two 16-bit halves of a register) and one LOP3
+# ((t & 0x000F000F) | MAGIC in both halves) make two weights, already paired for the MMA. Odd nibbles come
+# from the words shifted right by 4 once (one SHF per word). Counted on the sm_90 cubin at 16 x 128 x 128
+# (tools/sass_count.py): 0.139 -> 0.109 warp-instructions per weight in the K loop.
+USE_ASM: tl.constexpr = tl.constexpr(not INTERPRET)
+
+
+def _magic_pair_asm(byte: int, magic2: int) -> str:
+    sel = byte | (byte << 4) | ((4 + byte) << 8) | ((4 + byte) << 12)
+    return f"{{ .reg .b32 t; prmt.b32 t, $1, $2, {sel}; lop3.b32 $0, t, {0x000F000F}, {magic2}, {0xEA}; }}"
+
+
+BF16_BYTE0: tl.constexpr = tl.constexpr(_magic_pair_asm(0, 0x43004300))
+BF16_BYTE1: tl.constexpr = tl.constexpr(_magic_pair_asm(1, 0x43004300))
+BF16_BYTE2: tl.constexpr = tl.constexpr(_magic_pair_asm(2, 0x43004300))
+BF16_BYTE3: tl.constexpr = tl.constexpr(_magic_pair_asm(3, 0x43004300))
+FP16_BYTE0: tl.constexpr = tl.constexpr(_magic_pair_asm(0, 0x64006400))
+FP16_BYTE1: tl.constexpr = tl.constexpr(_magic_pair_asm(1, 0x64006400))
+FP16_BYTE2: tl.constexpr = tl.constexpr(_magic_pair_asm(2, 0x64006400))
+FP16_BYTE3: tl.constexpr = tl.constexpr(_magic_pair_asm(3, 0x64006400))
+
+
 @triton.jit
-def nibble_plane_dot(part, x_j, packed, z, J: tl.constexpr):
-    """part + x_j @ (nibble J of every packed word - z): the K-rows 8i + J of the tile, one MMA."""
-    w_j = int4_to_float((packed >> (4 * J)) & 0xF, x_j.dtype) - z[None, :]
+def magic_low_nibble(words, BYTE: tl.constexpr, DTYPE: tl.constexpr):
+    """MAGIC + (low nibble of byte BYTE) of every int32 word, in DTYPE: int4_to_float((words >> 8 BYTE) &
+    0xF, DTYPE), in two PTX instructions per two words on a GPU for fp16 / bf16."""
+    if USE_ASM and DTYPE == tl.bfloat16:
+        if BYTE == 0:
+            w = tl.inline_asm_elementwise(BF16_BYTE0, "=r,r,r", [words], dtype=tl.bfloat16, is_pure=True, pack=2)
+        elif BYTE == 1:
+            w = tl.inline_asm_elementwise(BF16_BYTE1, "=r,r,r", [words], dtype=tl.bfloat16, is_pure=True, pack=2)
+        elif BYTE == 2:
+            w = tl.inline_asm_elementwise(BF16_BYTE2, "=r,r,r", [words], dtype=tl.bfloat16, is_pure=True, pack=2)
+        else:
+            w = tl.inline_asm_elementwise(BF16_BYTE3, "=r,r,r", [words], dtype=tl.bfloat16, is_pure=True, pack=2)
+    elif USE_ASM and DTYPE == tl.float16:
+        if BYTE == 0:
+            w = tl.inline_asm_elementwise(FP16_BYTE0, "=r,r,r", [words], dtype=tl.float16, is_pure=True, pack=2)
+        elif BYTE == 1:
+            w = tl.inline_asm_elementwise(FP16_BYTE1, "=r,r,r", [words], dtype=tl.float16, is_pure=True, pack=2)
+        elif BYTE == 2:
+            w = tl.inline_asm_elementwise(FP16_BYTE2, "=r,r,r", [words], dtype=tl.float16, is_pure=True, pack=2)
+        else:
+            w = tl.inline_asm_elementwise(FP16_BYTE3, "=r,r,r", [words], dtype=tl.float16, is_pure=True, pack=2)
+    else:
+        w = int4_to_float((words >> (8 * BYTE)) & 0xF, DTYPE)
+    return w
+
+
+@triton.jit
+def nibble_plane_dot(part, x_j, packed, packed_hi, z, J: tl.constexpr):
+    """part + x_j @ (nibble J of every packed word - z): the K-rows 8i + J of the tile, one MMA.
+    packed_hi = packed >> 4: odd nibbles are the low nibbles of its bytes."""
+    if J % 2 == 0:
+        w_j = magic_low_nibble(packed, J // 2, x_j.dtype) - z[None, :]
+    else:
+        w_j = magic_low_nibble(packed_hi, J // 2, x_j.dtype) - z[None, :]
     if x_j.dtype == tl.float32:
         return tl.dot(x_j, w_j, part, input_precision="ieee")
     return tl.dot(x_j, w_j, part)
@@ -187,15 +256,16 @@ def w4a16_gemm_kernel(
             x2, x6 = tl.split(x_e1)
             x1, x5 = tl.split(x_o0)
             x3, x7 = tl.split(x_o1)
+            hi = packed >> 4
             part = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-            part = nibble_plane_dot(part, x0, packed, z, 0)
-            part = nibble_plane_dot(part, x1, packed, z, 1)
-            part = nibble_plane_dot(part, x2, packed, z, 2)
-            part = nibble_plane_dot(part, x3, packed, z, 3)
-            part = nibble_plane_dot(part, x4, packed, z, 4)
-            part = nibble_plane_dot(part, x5, packed, z, 5)
-            part = nibble_plane_dot(part, x6, packed, z, 6)
-            part = nibble_plane_dot(part, x7, packed, z, 7)
+            part = nibble_plane_dot(part, x0, packed, hi, z, 0)
+            part = nibble_plane_dot(part, x1, packed, hi, z, 1)
+            part = nibble_plane_dot(part, x2, packed, hi, z, 2)
+            part = nibble_plane_dot(part, x3, packed, hi, z, 3)
+            part = nibble_plane_dot(part, x4, packed, hi, z, 4)
+            part = nibble_plane_dot(part, x5, packed, hi, z, 5)
+            part = nibble_plane_dot(part, x6, packed, hi, z, 6)
+            part = nibble_plane_dot(part, x7, packed, hi, z, 7)
         else:
             # One MMA on the whole tile: expand every word to its 8 K-rows.
             q = (packed[:, None, :] >> nibble_shift[None, :, None]) & 0xF       # (BK // 8, 8, BN)
