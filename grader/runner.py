@@ -369,6 +369,10 @@ def measure(ctx: Context, bench: Benchmark, rounds: int = BENCH_ROUNDS, reps: in
             batch_wall_ms[who].append((time.perf_counter() - t0) * 1e3 - statistics.median(empty_batch))
             if r.get("status") != "ok":
                 return {"error": ("" if who == "student" else "baseline failed: ") + _error_text(r)}
+            if r.get("persisting_l2_bytes"):
+                return {"error": f"invalid timing: a timed call left {r['persisting_l2_bytes']} bytes of L2 set aside for "
+                                 "persisting accesses (cudaLimitPersistingL2CacheSize): data kept there survives the "
+                                 "grader's L2 flush. Leave the L2 set-aside at 0"}
             if r.get("bad_output"):
                 return {"error": f"{r['bad_output']}: expected plain tensors of the declared shape and dtype"}
             ts = r.get("times_ms")

@@ -14,6 +14,38 @@ import sys
 import traceback
 
 BASELINE = "baseline:"
+CU_LIMIT_PERSISTING_L2_CACHE_SIZE = 0x06
+
+
+class _PersistingL2:
+    """The persisting-L2 set-aside (GRADING_THREATS.md row 14), through the CUDA driver API. With a set-aside
+    and an access-policy window on its stream, a submission can keep its inputs in L2 through the grader's
+    flush. Each timed batch starts with no set-aside and no persisting lines; after every timed call the
+    set-aside is read back (host state, no sync): a call that leaves one in place is reported, and the
+    grading process rejects the timing. Where the driver lacks the calls (no GPU, old driver), a no-op."""
+
+    def __init__(self):
+        import ctypes
+        try:
+            self.lib = ctypes.CDLL("libcuda.so.1")
+            self.lib.cuCtxGetLimit.argtypes = [ctypes.POINTER(ctypes.c_size_t), ctypes.c_int]
+            self.lib.cuCtxSetLimit.argtypes = [ctypes.c_int, ctypes.c_size_t]
+            self.lib.cuCtxResetPersistingL2Cache.argtypes = []
+            self.value = ctypes.c_size_t(0)
+            self.ok = self.set_aside() is not None
+        except OSError:
+            self.ok = False
+
+    def set_aside(self) -> int | None:
+        import ctypes
+        if self.lib.cuCtxGetLimit(ctypes.byref(self.value), CU_LIMIT_PERSISTING_L2_CACHE_SIZE) != 0:
+            return None
+        return int(self.value.value)
+
+    def reset(self):
+        if self.ok:
+            self.lib.cuCtxSetLimit(CU_LIMIT_PERSISTING_L2_CACHE_SIZE, 0)
+            self.lib.cuCtxResetPersistingL2Cache()
 
 
 def _describe(exc: BaseException) -> dict:
@@ -35,6 +67,7 @@ class _Session:
         self.fns: dict[str, object] = {}
         self.bench = None
         self.flush_buf = None
+        self.l2 = None
 
     def entry(self, name: str):
         if name not in self.fns:
@@ -139,6 +172,11 @@ class _Session:
         events = []
         cuda = self.device == "cuda"     # on the CPU (the protocol's own tests) the host clock times each call
         self.sync()
+        persisting = 0
+        if cuda:
+            if self.l2 is None:
+                self.l2 = _PersistingL2()
+            self.l2.reset()
         rep_seeds = msg.get("rep_seeds") or []
         for j, i in enumerate(range(msg["start"], msg["start"] + msg["reps"])):
             inputs = b["sets"][i % len(b["sets"])]
@@ -151,6 +189,8 @@ class _Session:
                 start.record()
                 out = self.call(b["entry"], inputs, b["params"])
                 end.record()
+                if self.l2.ok:
+                    persisting = max(persisting, self.l2.set_aside() or 0)
             else:
                 start = time.perf_counter()
                 out = self.call(b["entry"], inputs, b["params"])
@@ -169,7 +209,9 @@ class _Session:
             del out, outs, inputs
         self.sync()
         times = [s.elapsed_time(e) if cuda else (e - s) * 1e3 for s, e in events]
-        return {"status": "ok", "times_ms": times, "bad_output": bad}
+        if persisting and self.l2.ok:
+            self.l2.reset()
+        return {"status": "ok", "times_ms": times, "bad_output": bad, "persisting_l2_bytes": persisting}
 
     def do_bench_fetch(self, msg):
         return {"status": "ok", "outputs": [slot[msg["rep"]] for slot in self.bench["archive"]]}

@@ -269,3 +269,10 @@ def test_patched_timer_is_caught(solution_speed_4096):
     caught = c.status == "fail" and "invalid timing" in c.message
     honest = "student_ms" in c.details and c.details["student_ms"] >= 1.5 * solution_speed_4096.details["student_ms"]
     assert caught or honest, f"2x the work reported as {c.message} vs solution {solution_speed_4096.message}"
+
+
+@requires_cuda
+def test_persisting_l2_is_rejected():
+    r = grade_exploit("persisting_l2", "triton_matmul[bf16-64x64x64]", "speed[triton-bf16-4096]", cpu=False)
+    assert check(r, "triton_matmul[bf16-64x64x64]").status == "pass"
+    assert_rejected(check(r, "speed[triton-bf16-4096]"), "invalid timing", "L2 set aside")
