@@ -31,7 +31,7 @@ BENCH_WARMUP = 3                 # calls, and at least
 BENCH_WARMUP_S = 0.2             # seconds of calls: lets an idle GPU's clock ramp up before timing
 BENCH_ROUNDS = 6                 # student batch, baseline batch, repeated (interleaved)
 BENCH_REPS = 10                  # calls per batch
-RECHECK_REPS = 3                 # timed outputs re-checked against the reference
+RECHECK_REPS = 3                 # timed outputs re-checked against the reference (one in each of 3 batches)
 TIER_EDGE = 0.03                 # a ratio within 3% of a tier edge is measured again
 WALL_AGREEMENT = 0.8             # reported call time >= 0.8 x what the batches' wall clock leaves for it,
 UNEVEN_CALLS = 1.25              # a batch's mean call over its median call, beyond the baseline's own skew:
@@ -345,7 +345,7 @@ def measure(ctx: Context, bench: Benchmark, rounds: int = BENCH_ROUNDS, reps: in
     timers = {"student": (ctx.worker, bench.entry), "base": (ctx.baseline_worker(), BASELINE + bench.baseline)}
     for who, (w, entry) in timers.items():
         setup = {"cmd": "bench_setup", "entry": entry, "params": params, "seeds": seeds,
-                 "flush_bytes": L2_FLUSH_BYTES if ctx.device == "cuda" else 0, "warmup": BENCH_WARMUP, "warmup_s": BENCH_WARMUP_S, "total_reps": rounds * reps}
+                 "flush_bytes": L2_FLUSH_BYTES if ctx.device == "cuda" else 0, "warmup": BENCH_WARMUP, "warmup_s": BENCH_WARMUP_S, "archive_reps": reps}
         r = w.request(setup, 10 * spec.time_limit_s, f"warming up {entry} on {bench.name}")
         if r.get("status") != "ok":
             return {"error": ("" if who == "student" else "baseline failed: ") + _error_text(r)}
@@ -359,8 +359,15 @@ def measure(ctx: Context, bench: Benchmark, rounds: int = BENCH_ROUNDS, reps: in
     batch_wall_ms = {"student": [], "base": []}   # per batch: wall time on this clock, less the round trip
     rep_seeds = ([derive_seed(ctx.seed, spec.id, bench.name, "rep", i) for i in range(rounds * reps)]
                  if spec.perturb else [])
+    # Which batches get one output re-checked, and which call of each: drawn here from the system's
+    # randomness, never sent anywhere, and used only after the batch has run. The worker archives the
+    # outputs of the current batch only (a batch of a 256 MB output is 2.5 GB, not 60 x 256 MB), so a
+    # submission cannot know which of its answers will be looked at.
+    chance = random.SystemRandom()
+    recheck_rounds = set(chance.sample(range(rounds), min(RECHECK_REPS, rounds)))
+    rechecked = []
     start = 0
-    for _ in range(rounds):
+    for rnd in range(rounds):
         for who, (w, entry) in timers.items():
             t0 = time.perf_counter()
             r = w.request({"cmd": "bench_run", "start": start, "reps": reps,
@@ -379,6 +386,12 @@ def measure(ctx: Context, bench: Benchmark, rounds: int = BENCH_ROUNDS, reps: in
             if not isinstance(ts, list) or len(ts) != reps or not all(isinstance(t, (int, float)) and t >= 0 for t in ts):
                 return {"error": f"the {who} process reported malformed timings"}
             times[who] += [float(t) for t in ts]
+            if who == "student" and rnd in recheck_rounds and reps:
+                rep = start + chance.randrange(reps)
+                wrong = recheck_timed_output(ctx, bench, rep, reps, seeds, rep_seeds)
+                if wrong:
+                    return {"error": wrong}
+                rechecked.append(rep)
         start += reps
     ctx.baseline_worker().request({"cmd": "bench_clear"}, 60, "freeing baseline inputs")
     # What the wall clock leaves for the student's calls, batch by batch: batch wall time minus the round
@@ -401,7 +414,8 @@ def measure(ctx: Context, bench: Benchmark, rounds: int = BENCH_ROUNDS, reps: in
     return {"student": times["student"], "base": times["base"], "reps_done": start,
             "wall_per_call_ms": statistics.median(wall_left), "reported_per_call_ms": statistics.median(reported),
             "batch_wall_left_ms": wall_left, "batch_reported_ms": reported, "base_gap_ms": base_gap,
-            "base_batch_reported_ms": per_batch["base"][1], "seeds": seeds, "rep_seeds": rep_seeds}
+            "base_batch_reported_ms": per_batch["base"][1], "seeds": seeds, "rep_seeds": rep_seeds,
+            "rechecked": rechecked}
 
 
 def scored_times(m: dict) -> tuple[float, float, str]:
@@ -446,24 +460,24 @@ def _overhead_ms(spec: LabSpec, params: dict) -> float:
     return total
 
 
-def recheck_timed_outputs(ctx: Context, bench: Benchmark, m: dict) -> str | None:
-    """Timed outputs are re-checked: every call must be right, not only the first. RECHECK_REPS timed
-    calls, drawn from the grading seed, are fetched from the archive and judged against the reference for
-    the inputs that call saw. Returns why one is wrong, or None."""
+def recheck_timed_output(ctx: Context, bench: Benchmark, rep: int, archived: int, seeds: list,
+                         rep_seeds: list) -> str | None:
+    """Timed outputs are re-checked: every call must be right, not only the first. Timed call `rep` is
+    fetched from the worker's archive of the batch just run (slot rep % archived) and judged against the
+    reference for the inputs that call saw. Returns why it is wrong, or None."""
     spec, params = ctx.spec, dict(bench.params)
-    rng = random.Random(derive_seed(ctx.seed, "recheck", bench.name))
-    for rep in sorted(rng.sample(range(m["reps_done"]), min(RECHECK_REPS, m["reps_done"]))):
-        r = ctx.worker.request({"cmd": "bench_fetch", "rep": rep}, 120, "returning a timed output")
-        if r.get("status") != "ok":
-            return _error_text(r)
-        inputs = make(spec, params, m["seeds"][rep % len(m["seeds"])], ctx.device)
-        if m.get("rep_seeds"):
-            inputs = spec.perturb(inputs, params, torch.Generator().manual_seed(m["rep_seeds"][rep]))
-        ref = spec.reference(inputs, params)
-        ok, text, _ = _judge_outputs(ctx, params, r["outputs"], None, ref)
-        if not ok:
-            return (f"timed call #{rep} returned a wrong result: {text}. Every timed call is checked, not just "
-                    "the first one")
+    r = ctx.worker.request({"cmd": "bench_fetch", "rep": rep % archived}, 120, "returning a timed output")
+    if r.get("status") != "ok":
+        return _error_text(r)
+    inputs = make(spec, params, seeds[rep % len(seeds)], ctx.device)
+    if rep_seeds:
+        inputs = spec.perturb(inputs, params, torch.Generator().manual_seed(rep_seeds[rep]))
+    ref = spec.reference(inputs, params)
+    ok, text, _ = _judge_outputs(ctx, params, r["outputs"], None, ref)
+    del inputs, ref
+    if not ok:
+        return (f"timed call #{rep} returned a wrong result: {text}. Every timed call is checked, not just "
+                "the first one")
     return None
 
 
@@ -500,9 +514,6 @@ def _speed_check(bench: Benchmark) -> Callable:
                 stu_ms, base_ms, note = scored_times(m)
                 ratio = base_ms / stu_ms if stu_ms > 0 else float("inf")
                 note += " (re-measured: near a tier edge)"
-            wrong = recheck_timed_outputs(ctx, bench, m)
-            if wrong:
-                return _result(ctx, p, "fail", wrong)
             ctx.worker.request({"cmd": "bench_clear"}, 60, "freeing benchmark inputs")
         except StudentFailure as exc:
             return _result(ctx, p, "fail", str(exc))

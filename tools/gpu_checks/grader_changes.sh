@@ -8,7 +8,9 @@
 #       batch means when calls are uneven, runner.scored_times) must get no speed credit; also check that
 #       no solution speed message in (1) says "scored on batch means";
 #   (4) session 4: the persisting-L2 guard (worker._PersistingL2): lab02's persisting_l2 must be rejected,
-#       and lab03's solution speed checks in (1) must not trip it.
+#       and lab03's solution speed checks in (1) must not trip it;
+#   (5) session 4: the timed-output archive holds one batch, re-checked between batches: lab01's copy
+#       benchmarks (256 MB outputs; they archived ~15 GB before) must still pass at their BENCHMARKS ratios.
 # Two device calls: STEPS=a (lab03 speed, audits; ~9 min), then STEPS=b (the exploit tests; ~5 min).
 STEPS=${STEPS:-"a b"}
 want() { [[ " $STEPS " == *" $1 "* ]]; }
@@ -33,6 +35,8 @@ timeout 120 python3 -m grader grade lab01 lab02 lab04 lab06 lab10 --solutions -k
 grep -E "audit|points" $OUT/audits.log | cut -c1-200
 fi
 if want b; then
+timeout 200 python3 -m grader grade lab01 --solutions -k copy --no-progress > $OUT/lab01_copy.log 2>&1
+grep -E "speed|points" $OUT/lab01_copy.log | cut -c1-220
 timeout 300 python3 -m pytest tests/test_lab03.py -q -p no:cacheprovider -k "replays_timed_inputs_gets_no_speed or batch_then_skip_is_scored" 2>&1 | tail -2
 timeout 200 python3 -m pytest tests/test_adversarial.py -q -p no:cacheprovider -k persisting_l2 2>&1 | tail -2
 fi
