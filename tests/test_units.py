@@ -922,3 +922,28 @@ def test_timed_calls_that_skip_the_work_are_caught():
     from tests.conftest import exploit_dir
     m, wrong = _cpu_measure(exploit_dir("lab03", "wrong_when_timed"))
     assert wrong and "returned a wrong result" in wrong and "Every timed call is checked" in wrong, wrong
+
+
+# ---- the known-bad submissions' storage (tests/exploits.py) -------------------------------------------
+
+def test_exploit_patches_follow_the_solution_and_fail_loudly():
+    from tests.exploits import PatchError, apply_patch, make_patch
+    sol = "".join(f"line {i}\n" for i in range(40))
+    bad = sol.replace("line 20\n", "line 20  # BUG\n")
+    patch = make_patch(sol, bad, "f.py")
+    assert apply_patch(sol, patch) == bad
+    grown = "# a new header\n" * 5 + sol                        # the solution grew above the hunk
+    assert apply_patch(grown, patch) == grown.replace("line 20\n", "line 20  # BUG\n")
+    with pytest.raises(PatchError, match="hunk 1 .* no longer matches"):
+        apply_patch(sol.replace("line 19\n", "line nineteen\n"), patch)
+
+
+def test_every_exploit_builds_from_todays_solution():
+    from tests import exploits
+    for lab, name in exploits.all_exploits():
+        d = exploits.build(lab, name)
+        assert (d / "README.md").is_file(), (lab, name)
+        files = [f for f in d.iterdir() if f.name != "README.md"]
+        assert files, (lab, name)
+        for f in files:
+            assert "KNOWN-BAD SUBMISSION" in f.read_text()[:400] or f.suffix == ".cu", (lab, name, f.name)

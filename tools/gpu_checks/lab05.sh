@@ -75,8 +75,9 @@ for T in (1024, 2048, 4096):
 EOF
 
 # (5) bf16 tolerance check: known-bad submissions must fail the GPU bf16 cases too
+python3 -m tests.exploits build lab05 > /dev/null     # the known-bad submissions, built from their patches
 for x in wrong_rope_offset uninitialized_cache pads_not_masked ignores_lengths; do
-  timeout 120 python3 -m grader grade lab05 --submission tests/adversarial/lab05/$x -k "decode[bf16" --no-progress \
+  timeout 120 python3 -m grader grade lab05 --submission tests/.built_exploits/lab05/$x -k "decode[bf16" --no-progress \
       --json $OUT/lab05_x_$x.json > $OUT/lab05_x_$x.log 2>&1
   python3 - "$x" <<'EOF'
 import json, os, sys
