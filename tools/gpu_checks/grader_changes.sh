@@ -11,6 +11,9 @@
 #       and lab03's solution speed checks in (1) must not trip it;
 #   (5) session 4: the timed-output archive holds one batch, re-checked between batches: lab01's copy
 #       benchmarks (256 MB outputs; they archived ~15 GB before) must still pass at their BENCHMARKS ratios.
+#   (6) session 4: a 0.2 ms GPU spin after each flush (runner.HOST_SLACK_MS): lab03's ratios in (1) and
+#       lab01's in (5) should not move (GPU-bound, or synchronizing first); lab10 decode should (host-bound
+#       before: tools/gpu_checks/lab10.sh).
 # Two device calls: STEPS=a (lab03 speed, audits; ~9 min), then STEPS=b (the exploit tests; ~5 min).
 STEPS=${STEPS:-"a b"}
 want() { [[ " $STEPS " == *" $1 "* ]]; }
