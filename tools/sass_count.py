@@ -9,6 +9,9 @@ a memory-bound kernel's speed before any timing:
   regs, smem         -> CTAs per SM (65536 registers, 228 KB shared memory, 64 warps per SM).
   programs, waves    per benchmark shape (K x N): tiles x SPLIT_K, and programs / (132 x CTAs per SM).
 
+For the prefill lists (--list small / large), every M-tile dequantizes the weights again: the cost per
+weight of the layer is instr/wt x ceil(M / BM), and the SM-bound column holds for M <= BM only.
+
     python tools/sass_count.py                  # every decode config, bf16
     python tools/sass_count.py --list small --dtype fp16 --ops
 

@@ -95,14 +95,17 @@ else:
         (16, 128, 64, 4, False, 4, 4),
         (16, 64, 32, 4, False, 4, 5),
     ])
-    # M of a few hundred: each weight is dequantized once per M-tile, so one 128-row tile (one warpgroup,
-    # 0.17 warp-instr/weight with nibble-plane dots) beats two 64-row tiles (2 x 0.22; 2 x 0.31 with one
-    # dot); split-K for programs.
+    # M of a few hundred: each weight is dequantized once per M-tile, so the M-tile height multiplies the
+    # dequantization: per weight of the layer at M = 128, 128 x 128 tiles with 8 warps cost 0.28
+    # warp-instructions, 64 x 128 with 4 warps 2 x 0.17, 64 x 64 2 x 0.22, one dot instead of nibble
+    # planes 2 x 0.30 (128 x 128 with 4 warps spills: 255 registers hold the 128-column accumulator and
+    # the dequantized planes). Split-K for programs: 4096 x 4096 has only 32-64 column tiles.
     SMALL_PREFILL_CONFIGS = _configs([
-        (128, 128, 128, 2, True, 4, 3),
-        (128, 128, 128, 4, True, 4, 3),
-        (128, 64, 128, 4, True, 4, 3),
-        (64, 64, 128, 2, True, 4, 4),
+        (128, 128, 128, 2, True, 8, 3),
+        (128, 128, 128, 4, True, 8, 3),
+        (64, 128, 128, 2, True, 4, 3),
+        (64, 128, 128, 4, True, 4, 3),
+        (64, 64, 128, 4, True, 4, 3),
         (64, 64, 128, 1, False, 4, 4),
         (64, 128, 64, 1, False, 4, 4),
         (128, 128, 64, 1, False, 8, 3),
@@ -111,7 +114,7 @@ else:
     ])
     # Compute-bound: big tiles so each dequantized weight feeds 64-128 rows of x.
     LARGE_PREFILL_CONFIGS = _configs([
-        (128, 128, 128, 1, True, 4, 3),
+        (128, 128, 128, 1, True, 8, 3),
         (128, 128, 64, 1, False, 8, 3),
         (128, 256, 64, 1, False, 8, 3),
         (128, 64, 128, 1, False, 4, 3),
