@@ -123,9 +123,10 @@ def main():
         sm_bound = ISSUE_PER_S / ipw * 0.5 / 1e12 if ipw else float("inf")   # TB/s of packed weights
         shapes = "  ".join(f"{-(-n // kw['BLOCK_N']) * kw['SPLIT_K']:>5} / {-(-n // kw['BLOCK_N']) * kw['SPLIT_K'] / (SMS * ctas):4.2f}"
                            + " " * 8 for k, n in SHAPES)
-        print(f"{kw['BLOCK_M']:>4}{kw['BLOCK_N']:>5}{kw['BLOCK_K']:>5}{kw['SPLIT_K']:>4}{int(kw['NIBBLE_DOTS']):>4}"
+        print(f"{kw['BLOCK_M']:>4}{kw['BLOCK_N']:>5}{kw['BLOCK_K']:>5}{kw['SPLIT_K']:>4}{int(kw.get('NIBBLE_DOTS', 0)):>4}"
               f"{warps:>3}{cfg.num_stages:>3} {regs:>5}{smem:>7}{ctas:>7}{ipw:>9.3f}{sm_bound:>14.1f}  {shapes}"
-              + (f"  (stack {spill} B)" if spill else ""), flush=True)
+              + (f"  (stack {spill} B)" if spill else "") + ("" if loop else "  (no K loop found: is the kernel written?)"),
+              flush=True)
         if args.ops:
             ops = collections.Counter(map(opcode, loop))
             print("      " + " ".join(f"{o}:{c}" for o, c in ops.most_common(16)))
