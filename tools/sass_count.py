@@ -100,13 +100,14 @@ def main():
     ap.add_argument("--list", choices=("decode", "small", "large"), default="decode")
     ap.add_argument("--dtype", choices=("bf16", "fp16"), default="bf16")
     ap.add_argument("--ops", action="store_true", help="print the K loop's opcode histogram")
+    ap.add_argument("--first", type=int, default=0, help="only the first N configs of the list")
     args = ap.parse_args()
     os.environ.pop("TRITON_INTERPRET", None)
     G = load(args.file)
     configs = {"decode": G.DECODE_CONFIGS, "small": G.SMALL_PREFILL_CONFIGS, "large": G.LARGE_PREFILL_CONFIGS}[args.list]
     print(f"{'BM':>4}{'BN':>5}{'BK':>5}{'SK':>4}{'nib':>4}{'w':>3}{'s':>3} {'regs':>5}{'smem':>7}{'CTA/SM':>7}"
           f"{'instr/wt':>9}{'SM-bound TB/s':>14}  " + "  ".join(f"{k}x{n}: progs/waves" for k, n in SHAPES))
-    for cfg in configs:
+    for cfg in configs[:args.first or None]:
         kw = cfg.kwargs
         cubin, smem = compile_cubin(G, cfg, args.dtype)
         with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
