@@ -56,11 +56,11 @@ timeout 180 python3 -m grader notebook lab10 --solutions --out "$OUT" > "$OUT/la
 grep -v USDT "$OUT/lab10_nb.log" | tail -45
 fi
 
-# (4) sweep: each autotune config of the solution, timed alone (do_bench, median) vs torch.matmul bf16
+# (4) sweep: each autotune config of the solution, timed alone (grader.bench.gpu_time_ms: flush + 0.2 ms spin + events, median) vs torch.matmul bf16
 if want 4; then
 timeout 240 python3 - <<'EOF' 2>&1 | tee "$OUT/lab10_sweep.log"
 import torch, triton
-from triton.testing import do_bench
+from grader.bench import gpu_time_ms
 from grader.inputs import make
 from grader.compare import compare
 from grader.labs import get
@@ -77,7 +77,7 @@ for (K, N) in L.BENCH_SHAPES:
         ref = S.reference(inp, p)
         base = lambda: S.baselines["torch_bf16"](inp, p)
         base()
-        t_base = do_bench(base, warmup=25, rep=200, return_mode="median")
+        t_base = gpu_time_ms(base)
         for c in configs:
             kw = dict(c.kwargs)
             if 128 % kw["BLOCK_K"]:
@@ -95,7 +95,7 @@ for (K, N) in L.BENCH_SHAPES:
             try:
                 run()
                 ok = compare(y, ref, S.tolerances["bf16"]).ok
-                t = do_bench(run, warmup=25, rep=200, return_mode="median")
+                t = gpu_time_ms(run, warmup_s=0.05)
             except Exception as exc:
                 print(f"{M:>5} {K}x{N}: {kw} failed: {type(exc).__name__}: {str(exc)[:200]}")
                 continue
