@@ -67,7 +67,7 @@ from grader.labs import get
 from grader.loader import import_file
 import grader.labs.lab10_w4a16 as L
 S = get("lab10")
-G = import_file("solutions/stage2_llm/lab10_w4a16/w4a16_gemm.py")
+G = import_file("solutions/stage2_llm/lab10_w4a16/w4a16_gemm.py", "stage2_llm/lab10_w4a16")
 print(torch.cuda.get_device_name())
 print(f"{'M':>5} {'K x N':>12} {'BM':>4}{'BN':>5}{'BK':>5}{'SK':>3}{'nib':>4}{'w':>3}{'s':>3} {'us':>8} {'torch us':>9} {'x':>6} {'GB/s':>7}  ok")
 for (K, N) in L.BENCH_SHAPES:
