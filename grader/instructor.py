@@ -9,6 +9,7 @@ except what only instructors may see:
   the known-bad submissions in tests/adversarial/ (solution code plus an exploit). Keeping the few
   files that do not mention solutions would ship tests whose fixtures are gone, so none of it ships;
   students check their work with `labs grade`;
+- `tools/gpu_checks/`: the course's own GPU verification scripts, which grade the solutions;
 - the `--hidden-seed` file.
 
 Nothing is written until the edition has been searched for solution text (`find_leaks`) and for the
@@ -45,7 +46,7 @@ from rich.progress import Progress
 
 from . import REPO_ROOT
 
-INSTRUCTOR_ONLY = ("solutions/", ".ci/", "tests/")
+INSTRUCTOR_ONLY = ("solutions/", ".ci/", "tests/", "tools/gpu_checks/")   # gpu_checks grade --solutions
 LEAK_RUN = 8              # this many consecutive code lines of a solution in the edition is a leak
 MIN_KERNEL_LINES = 3      # shorter kernel bodies are too plain to call their appearance a leak
 SECRET_SEED_DIGITS = 6    # shorter seeds are too common as numbers to search for (and too easy to guess)
