@@ -947,3 +947,28 @@ def test_every_exploit_builds_from_todays_solution():
         assert files, (lab, name)
         for f in files:
             assert "KNOWN-BAD SUBMISSION" in f.read_text()[:400] or f.suffix == ".cu", (lab, name, f.name)
+
+
+def test_a_timed_call_that_leaves_persisting_l2_fails_the_timing():
+    # The worker reads the persisting-L2 set-aside back after every timed call (CUDA only); here a fake
+    # worker reports one, and the grading process must reject the timing with the reason.
+    from types import SimpleNamespace
+
+    from grader.labs import get
+    from grader.runner import measure
+    from grader.spec import Benchmark, SpeedTier
+    from grader.labs.lab03_fused_rowwise import rowwise
+
+    class FakeWorker:
+        def request(self, msg, timeout, what):
+            if msg["cmd"] == "bench_run":
+                return {"status": "ok", "times_ms": [0.1] * msg["reps"], "bad_output": None,
+                        "persisting_l2_bytes": 48 << 20}
+            return {"status": "ok"}
+
+    fake = FakeWorker()
+    ctx = SimpleNamespace(spec=get("lab03"), seed=0, device="cpu", worker=fake, baseline_worker=lambda: fake)
+    bench = Benchmark("cpu-softmax-fp32-8x64", "softmax", rowwise("softmax", (8, 64), "fp32"), "eager",
+                      (SpeedTier(0.0, 1.0),))
+    m = measure(ctx, bench, rounds=2, reps=4)
+    assert "error" in m and "50331648 bytes of L2 set aside" in m["error"], m
