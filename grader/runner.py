@@ -36,11 +36,10 @@ BENCH_WARMUP = 3                 # calls, and at least
 BENCH_WARMUP_S = 0.2             # seconds of calls: lets an idle GPU's clock ramp up before timing
 BENCH_ROUNDS = 6                 # student batch, baseline batch, repeated (interleaved)
 BENCH_REPS = 10                  # calls per batch
-RECHECK_REPS = 3                 # timed outputs re-checked against the reference (one in each of 3 batches)
+UNEVEN_CALLS = 1.25              # scored_times: a median batch mean this far over the median call, and
+UNEVEN_MARGIN_MS = 0.05          # by this much: some calls did other calls' work, and batch means are scored
 TIER_EDGE = 0.03                 # a ratio within 3% of a tier edge is measured again
 WALL_AGREEMENT = 0.8             # reported call time >= 0.8 x what the batches' wall clock leaves for it,
-UNEVEN_CALLS = 1.25              # a batch's mean call over its median call, beyond the baseline's own skew:
-                                 # some calls did other calls' work, and the batch means are scored
 WALL_SLACK_MS = 0.08             # less 80 us: for 30-150 us kernels the per-call host work of the batch is not
                                  # fully hidden (honest lab03 solutions on the H100 fell up to 54 us short);
                                  # a patched timer at lab02 sizes still misses by > 150 us
@@ -366,13 +365,13 @@ def measure(ctx: Context, bench: Benchmark, rounds: int = BENCH_ROUNDS, reps: in
     batch_wall_ms = {"student": [], "base": []}   # per batch: wall time on this clock, less the round trip
     rep_seeds = ([derive_seed(ctx.seed, spec.id, bench.name, "rep", i) for i in range(rounds * reps)]
                  if spec.perturb else [])
-    # Which batches get one output re-checked, and which call of each: drawn here from the system's
-    # randomness, never sent anywhere, and used only after the batch has run. The worker archives the
-    # outputs of the current batch only (a batch of a 256 MB output is 2.5 GB, not 60 x 256 MB), so a
-    # submission cannot know which of its answers will be looked at.
+    # One output of every batch is re-checked; which call of it is drawn here from the system's randomness,
+    # never sent anywhere, and used only after the batch has run. The worker archives the outputs of the
+    # current batch only (a batch of a 256 MB output is 2.5 GB, not 60 x 256 MB), so a submission cannot
+    # know which of its answers will be looked at. Every batch, because a batch's mean is scored
+    # (scored_times): a batch of skipped work would otherwise be the fastest one.
     chance = random.SystemRandom()
-    recheck_rounds = set(chance.sample(range(rounds), min(RECHECK_REPS, rounds)))
-    rechecked = []
+    rechecked, fetched = [], []
     start = 0
     for rnd in range(rounds):
         for who, (w, entry) in timers.items():
@@ -393,13 +392,22 @@ def measure(ctx: Context, bench: Benchmark, rounds: int = BENCH_ROUNDS, reps: in
             if not isinstance(ts, list) or len(ts) != reps or not all(isinstance(t, (int, float)) and t >= 0 for t in ts):
                 return {"error": f"the {who} process reported malformed timings"}
             times[who] += [float(t) for t in ts]
-            if who == "student" and rnd in recheck_rounds and reps:
+            if who == "student" and reps:
                 rep = start + chance.randrange(reps)
-                wrong = recheck_timed_output(ctx, bench, rep, reps, seeds, rep_seeds)
-                if wrong:
-                    return {"error": wrong}
-                rechecked.append(rep)
+                outputs, err = fetch_timed_output(ctx, rep, reps)
+                if err:
+                    return {"error": err}
+                fetched.append((rep, outputs))
         start += reps
+    # Judged after the last batch: references computed here between batches put this process's GPU work
+    # next to the timed calls (on the H100, batch means of 10-30 us kernels rose by 20-60 us when every
+    # batch was judged in between, 2026-11-28).
+    for rep, outputs in fetched:
+        wrong = judge_timed_output(ctx, bench, rep, outputs, seeds, rep_seeds)
+        if wrong:
+            return {"error": wrong}
+        rechecked.append(rep)
+    del fetched
     ctx.baseline_worker().request({"cmd": "bench_clear"}, 60, "freeing baseline inputs")
     # What the wall clock leaves for the student's calls, batch by batch: batch wall time minus the round
     # trip and the per-call flush and archive copy (timed here on the same GPU). Every batch ends in a
@@ -426,16 +434,18 @@ def measure(ctx: Context, bench: Benchmark, rounds: int = BENCH_ROUNDS, reps: in
 
 
 def scored_times(m: dict) -> tuple[float, float, str]:
-    """The student's and the baseline's time per call, and a note. Medians over calls (one disturbed call
-    does not move them), unless the student's calls are uneven: a batch whose mean call is more than
-    UNEVEN_CALLS x its median call (beyond the baseline's own skew) has a few calls doing the others'
-    work (the first call of a batch computing every answer of it, the rest handing them out: the
-    median call would then time a copy). Then both sides are scored on their median batch mean, which
-    counts every call's work once."""
+    """The student's and the baseline's time per call: medians over calls, unless the student's batches
+    carry work that the median call does not. A submission that computes a whole batch in its first call
+    and hands out the rest has a clone for its median call; its typical (median) batch mean then exceeds
+    the median call by UNEVEN_CALLS x and by more than UNEVEN_MARGIN_MS, and both sides are scored on
+    their median batch mean, which counts every call's work. The absolute margin is for honest calls the
+    host delays (the GPU then idles inside the call's events): on the H100 host that added 8-26 us to the
+    median batch mean of lab 10's 12-90 us kernels (2026-11-28). Below the margin such an exploit is not
+    seen by timing: it needs to read its own worker's state, the residual README.md lists."""
     stu, base = statistics.median(m["student"]), statistics.median(m["base"])
-    stu_mean, base_mean = statistics.median(m["batch_reported_ms"]), statistics.median(m["base_batch_reported_ms"])
-    base_skew = base_mean / base if base > 0 else 1.0
-    if stu <= 0 or stu_mean > UNEVEN_CALLS * max(base_skew, 1.0) * stu:
+    stu_mean = statistics.median(m["batch_reported_ms"]) if m.get("batch_reported_ms") else stu
+    base_mean = statistics.median(m["base_batch_reported_ms"]) if m.get("base_batch_reported_ms") else base
+    if stu <= 0 or (stu_mean > UNEVEN_CALLS * stu and stu_mean - stu > UNEVEN_MARGIN_MS):
         return stu_mean, base_mean, (f" (scored on batch means: the median call took {stu:.4f} ms but calls "
                                      f"averaged {stu_mean:.4f} ms per batch, so some calls did others' work)")
     return stu, base, ""
@@ -495,20 +505,25 @@ def _overhead_ms(spec: LabSpec, params: dict, hold_cycles: int = 0) -> float:
     return total
 
 
-def recheck_timed_output(ctx: Context, bench: Benchmark, rep: int, archived: int, seeds: list,
-                         rep_seeds: list) -> str | None:
-    """Timed outputs are re-checked: every call must be right, not only the first. Timed call `rep` is
-    fetched from the worker's archive of the batch just run (slot rep % archived) and judged against the
-    reference for the inputs that call saw. Returns why it is wrong, or None."""
-    spec, params = ctx.spec, dict(bench.params)
+def fetch_timed_output(ctx: Context, rep: int, archived: int) -> tuple[list | None, str | None]:
+    """Timed call `rep`'s outputs, from the worker's archive of the batch just run (slot rep % archived),
+    as host tensors: (outputs, None) or (None, why not)."""
     r = ctx.worker.request({"cmd": "bench_fetch", "rep": rep % archived}, 120, "returning a timed output")
     if r.get("status") != "ok":
-        return _error_text(r)
+        return None, _error_text(r)
+    return r["outputs"], None
+
+
+def judge_timed_output(ctx: Context, bench: Benchmark, rep: int, outputs: list, seeds: list,
+                       rep_seeds: list) -> str | None:
+    """Timed outputs are re-checked: every call must be right, not only the first. Judges timed call
+    `rep`'s outputs against the reference for the inputs that call saw. Returns why it is wrong, or None."""
+    spec, params = ctx.spec, dict(bench.params)
     inputs = make(spec, params, seeds[rep % len(seeds)], ctx.device)
     if rep_seeds:
         inputs = spec.perturb(inputs, params, torch.Generator().manual_seed(rep_seeds[rep]))
     ref = spec.reference(inputs, params)
-    ok, text, _ = _judge_outputs(ctx, params, r["outputs"], None, ref)
+    ok, text, _ = _judge_outputs(ctx, params, outputs, None, ref)
     del inputs, ref
     if not ok:
         return (f"timed call #{rep} returned a wrong result: {text}. Every timed call is checked, not just "

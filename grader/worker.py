@@ -20,9 +20,11 @@ CU_LIMIT_PERSISTING_L2_CACHE_SIZE = 0x06
 class _PersistingL2:
     """The persisting-L2 set-aside (GRADING_THREATS.md row 14), through the CUDA driver API. With a set-aside
     and an access-policy window on its stream, a submission can keep its inputs in L2 through the grader's
-    flush. Each timed batch starts with no set-aside and no persisting lines; after every timed call the
-    set-aside is read back (host state, no sync): a call that leaves one in place is reported, and the
-    grading process rejects the timing. Where the driver lacks the calls (no GPU, old driver), a no-op."""
+    flush. Each timed batch starts with no set-aside and no persisting lines; at the batch's end the set-aside
+    is read back: a batch whose calls left one in place is reported, and the grading process rejects the
+    timing. Read once per batch, not after every call: on the H100 host a cuCtxGetLimit between calls made
+    the next calls' launches slow (lab 10 decode, host time per call p90 139 -> 508 us; GPU idle inside the
+    events, uneven calls; tools/gpu_checks/timing_probe.py). Where the driver lacks the calls, a no-op."""
 
     def __init__(self):
         import ctypes
@@ -196,8 +198,6 @@ class _Session:
                 start.record()
                 out = self.call(b["entry"], inputs, b["params"])
                 end.record()
-                if self.l2.ok:
-                    persisting = max(persisting, self.l2.set_aside() or 0)
             else:
                 start = time.perf_counter()
                 out = self.call(b["entry"], inputs, b["params"])
@@ -216,8 +216,10 @@ class _Session:
             del out, outs, inputs
         self.sync()
         times = [s.elapsed_time(e) if cuda else (e - s) * 1e3 for s, e in events]
-        if persisting and self.l2.ok:
-            self.l2.reset()
+        if cuda and self.l2.ok:
+            persisting = self.l2.set_aside() or 0
+            if persisting:
+                self.l2.reset()
         return {"status": "ok", "times_ms": times, "bad_output": bad, "persisting_l2_bytes": persisting}
 
     def do_bench_fetch(self, msg):

@@ -861,7 +861,7 @@ def test_measure_runs_on_the_cpu_and_rechecks_timed_outputs():
     m, wrong = _cpu_measure("solutions")
     assert wrong is None, wrong
     assert m["reps_done"] == 8 and len(m["student"]) == len(m["base"]) == 8
-    # one output of each batch re-checked (RECHECK_REPS = 3 > 2 batches), a call of that batch
+    # one output of every batch re-checked, a call of that batch
     assert len(m["rechecked"]) == 2 and m["rechecked"][0] in range(4) and m["rechecked"][1] in range(4, 8)
     assert all(t > 0 for t in m["student"] + m["base"])
     assert len(m["batch_wall_left_ms"]) == len(m["batch_reported_ms"]) == len(m["base_gap_ms"]) == 2
@@ -901,7 +901,7 @@ def test_batch_then_skip_is_scored_on_batch_means():
     assert stu_ms >= 2 * sol_ms, (stu_ms, sol_ms)
 
 
-def test_scored_times_ignores_one_slow_call_but_not_uneven_batches():
+def test_scored_times_ignores_host_delays_but_not_uneven_batches():
     from grader.runner import scored_times
     # three batches of 4 calls; one call in one batch ran 5x slow (a disturbed batch): the median stands
     even = {"student": [1.0] * 4 + [5.0] + [1.0] * 7, "base": [2.0] * 12,
@@ -911,9 +911,11 @@ def test_scored_times_ignores_one_slow_call_but_not_uneven_batches():
     skewed = dict(even, student=[4.0, 0.1, 0.1, 0.1] * 3, batch_reported_ms=[1.075] * 3)
     stu, base, note = scored_times(skewed)
     assert (stu, base) == (1.075, 2.0) and "some calls did others' work" in note
-    # a baseline as uneven as the student excuses the same skew
-    jittery = dict(skewed, base_batch_reported_ms=[2.0 * 1.075 / 0.1] * 3)
-    assert scored_times(jittery)[0] == 0.1
+    # host delays in most batches of a 13 us kernel (lab 10 decode on the H100): +8-26 us per batch mean,
+    # under the absolute margin, so the median call stands
+    delayed = {"student": [0.013] * 60, "base": [0.021] * 60,
+               "batch_reported_ms": [0.053, 0.016, 0.026, 0.022, 0.019, 0.013], "base_batch_reported_ms": [0.021] * 6}
+    assert scored_times(delayed) == (0.013, 0.021, "")
 
 
 def test_timed_calls_that_skip_the_work_are_caught():
@@ -950,7 +952,7 @@ def test_every_exploit_builds_from_todays_solution():
 
 
 def test_a_timed_call_that_leaves_persisting_l2_fails_the_timing():
-    # The worker reads the persisting-L2 set-aside back after every timed call (CUDA only); here a fake
+    # The worker reads the persisting-L2 set-aside back at the end of every timed batch (CUDA only); here a fake
     # worker reports one, and the grading process must reject the timing with the reason.
     from types import SimpleNamespace
 
