@@ -82,6 +82,7 @@ for (K, N) in L.BENCH_SHAPES:
             kw = dict(c.kwargs)
             if 128 % kw["BLOCK_K"]:
                 continue
+            G._SIZED.clear()    # keyed by id() of the config list: a temporary [c] can reuse a freed list's id
             partial, lock = G._workspace(inp["x"].device, [c], M, N)
             y = torch.empty(M, N, dtype=torch.bfloat16, device="cuda")
             x, qw, sc, qz = inp["x"], inp["qweight"], inp["scales"], inp["qzeros"]
