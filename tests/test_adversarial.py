@@ -272,6 +272,19 @@ def test_patched_timer_is_caught(solution_speed_4096):
 
 
 @requires_cuda
+@pytest.mark.xfail(strict=True, reason="known hole (README, Known limits): side-stream work that waits for nothing "
+                   "overlaps the grader's flush and spin; planned fix: inputs salted on the timing stream before "
+                   "each call. Strict: if this passes, the exploit or the hole has changed")
+def test_side_stream_work_overlapping_the_flush_gains_nothing(solution_speed_4096):
+    r = grade_exploit("overlaps_flush", "triton_matmul[bf16-64x64x64]", "speed[triton-bf16-4096]", cpu=False)
+    assert check(r, "triton_matmul[bf16-64x64x64]").status == "pass"
+    c = check(r, "speed[triton-bf16-4096]")
+    # three quarters of the work inside the events: a gain shows as a time well under the solution's
+    gained = c.status == "pass" and c.details["student_ms"] < 0.9 * solution_speed_4096.details["student_ms"]
+    assert not gained, f"{c.message} vs solution {solution_speed_4096.message}"
+
+
+@requires_cuda
 def test_persisting_l2_is_rejected():
     r = grade_exploit("persisting_l2", "triton_matmul[bf16-64x64x64]", "speed[triton-bf16-4096]", cpu=False)
     assert check(r, "triton_matmul[bf16-64x64x64]").status == "pass"
