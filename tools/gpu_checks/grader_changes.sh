@@ -14,8 +14,15 @@
 #   (6) session 4: a 0.2 ms GPU spin after each flush (runner.HOST_SLACK_MS): lab03's ratios in (1) and
 #       lab01's in (5) should not move (GPU-bound, or synchronizing first); lab10 decode should (host-bound
 #       before: tools/gpu_checks/lab10.sh).
-# Two device calls: STEPS=a (lab03 speed, audits; ~9 min), then STEPS=b (the exploit tests; ~5 min).
-STEPS=${STEPS:-"a b"}
+#   (7) session 5 (2026-11-28, after the last H100 run of that day): batch means are scored only when the
+#       typical batch mean exceeds the median call by 25% AND by more than 0.05 ms (runner.UNEVEN_MARGIN_MS);
+#       one output of every batch is fetched between batches and judged after the last one. STEPS=c: lab10's
+#       speed checks must be scored on median calls (no "batch means" in any message; ratios ~1.6x at
+#       4096 x 4096 and ~2.2x at 4096 x 14336, BENCHMARKS.md lab 10 Session 5), lab03's batch_then_skip must
+#       still be scored on batch means, persisting_l2 still rejected, and lab02/overlaps_flush is expected to
+#       GAIN (strict xfail: the side-stream overlap hole, README "Known limits"); if it XPASSes, read why.
+# STEPS=a (lab03 speed, audits; ~9 min), STEPS=b (the exploit tests; ~5 min) ran on 2026-11-28; next: STEPS=c (~6 min).
+STEPS=${STEPS:-"c"}
 want() { [[ " $STEPS " == *" $1 "* ]]; }
 set -x
 export OUT PYTHONPATH=. PYTHONUNBUFFERED=1 COLUMNS=230
@@ -42,4 +49,13 @@ timeout 200 python3 -m grader grade lab01 --solutions -k copy --no-progress > $O
 grep -E "speed|points" $OUT/lab01_copy.log | cut -c1-220
 timeout 300 python3 -m pytest tests/test_lab03.py -q -p no:cacheprovider -k "replays_timed_inputs_gets_no_speed or batch_then_skip_is_scored" 2>&1 | tail -2
 timeout 200 python3 -m pytest tests/test_adversarial.py -q -p no:cacheprovider -k persisting_l2 2>&1 | tail -2
+fi
+if want c; then
+for run in 1 2; do
+timeout 120 python3 -m grader grade lab10 --solutions -k speed --no-progress --json $OUT/lab10_speed$run.json \
+    > $OUT/lab10_speed$run.log 2>&1
+grep -E "speed\[|points" $OUT/lab10_speed$run.log | grep -v "^│ *│" | cut -c1-200
+done
+timeout 150 python3 -m pytest tests/test_lab03.py -q -p no:cacheprovider -k "batch_then_skip_is_scored" 2>&1 | tail -2
+timeout 200 python3 -m pytest tests/test_adversarial.py -q -p no:cacheprovider -rxX -k "persisting_l2 or overlapping_the_flush" 2>&1 | tail -4
 fi
