@@ -480,6 +480,16 @@ def test_nibble_ptx_matches_its_meaning():
                 assert out & 0xFFFF == magic | ((a >> (8 * byte + 4)) & 0xF)
 
 
+def test_streamk_experiment_is_correct_under_the_interpreter():
+    # tools/gpu_checks/lab10_streamk.py (instructor experiment, next GPU session): a persistent split-K
+    # kernel whose tiles are split over 1..k_tiles programs; every split must sum to the reference
+    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=str(REPO_ROOT))
+    proc = subprocess.run([sys.executable, str(REPO_ROOT / "tools" / "gpu_checks" / "lab10_streamk.py"), "check"],
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.stdout.count(": ok ") >= 20 and "WRONG" not in proc.stdout, proc.stdout
+
+
 def test_solution_kernel_compiles_for_sm90():
     """The interpreter never compiles a kernel: compile the first and last decode config (nibble-plane dots
     with split-K, one dot on small groups) and the first prefill configs for an H100 (Triton's bundled
