@@ -64,3 +64,67 @@ def with_layout(x: torch.Tensor, layout: str) -> torch.Tensor:
         wide[:, ::2] = x
         return wide[:, ::2]
     raise ValueError(f"unknown layout {layout!r}")
+
+
+# ---- salt: a few input elements rewritten just before each timed call -------------------------------------
+
+SALT_ROW_1D = 1024                 # a 1-D input is salted in rows of this many elements
+SALT_ROWS_MAX = 1 << 17            # at most this many salted elements per call (evenly spread rows past it)
+
+
+def salt_plan(t: torch.Tensor, seed: int) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
+    """Where and what to salt in input `t` for one input set: one element per row (rows = every index of
+    the leading dims; a 1-D tensor in rows of SALT_ROW_1D), at a column drawn from `seed`, and a base value
+    per position: 4 to 8 times the RMS of t's first 65536 elements, random sign. Fixed per set, so the set's
+    state after a salt depends only on that call's values (apply_salt overwrites every position).
+    Index tensors and base values on t's device; the same (t, seed) gives the same plan in any process."""
+    gen = torch.Generator().manual_seed(seed)
+    flat = t.detach().reshape(-1)[:65536].to("cpu", torch.float64)
+    rms = float(flat.square().mean().sqrt()) if flat.numel() else 1.0
+    rms = float(f"{rms:.3g}") or 1.0                 # rounded: the same in every process
+    if t.dim() <= 1:
+        n = t.numel()
+        length = min(SALT_ROW_1D, max(n, 1))
+        rows = torch.arange(-(-n // length))
+        rows = rows[::-(-len(rows) // SALT_ROWS_MAX)]
+        col = torch.randint(0, length, (len(rows),), generator=gen)
+        index = ((rows * length + col).clamp_max(max(n - 1, 0)),)
+    else:
+        lead = t.shape[:-1]
+        n_rows = 1
+        for d in lead:
+            n_rows *= d
+        rows = torch.arange(n_rows)
+        rows = rows[::-(-n_rows // SALT_ROWS_MAX)]
+        col = torch.randint(0, t.shape[-1], (len(rows),), generator=gen)
+        index, rest = [], rows
+        for d in reversed(lead):
+            index.append(rest % d)
+            rest = rest // d
+        index = tuple(reversed(index)) + (col,)
+    sign = torch.randint(0, 2, (len(col),), generator=gen) * 2 - 1
+    base = sign * (4 + 4 * torch.rand(len(col), generator=gen)) * rms
+    return tuple(i.to(t.device) for i in index), base.to(torch.float32).to(t.device)
+
+
+def salt_factor(rep_seed: int) -> float:
+    """This call's multiplier of the base values: in [1, 2), either sign, from the call's seed."""
+    import random
+    r = random.Random(rep_seed)
+    return (1.0 + r.random()) * (1 if r.random() < 0.5 else -1)
+
+
+def apply_salt(t: torch.Tensor, plan, rep_seed: int) -> None:
+    """Write this call's salt into t in place (two small kernels on the current stream, no sync)."""
+    index, base = plan
+    if len(base):
+        t.index_put_(index, (base * salt_factor(rep_seed)).to(t.dtype))
+
+
+def salted_input(spec: LabSpec, inputs: Mapping[str, torch.Tensor]) -> str | None:
+    """The input a benchmark salts: the first of spec.salt that is a floating-point tensor here."""
+    for name in spec.salt:
+        t = inputs.get(name)
+        if isinstance(t, torch.Tensor) and t.is_floating_point() and t.numel():
+            return name
+    return None

@@ -7,6 +7,7 @@ speed. Any failure is data: a check fails with a message and the next check runs
 from __future__ import annotations
 
 import math
+import os
 import random
 import re
 import statistics
@@ -19,7 +20,7 @@ import torch
 
 from . import REPO_ROOT, calibration, cuda, hardware
 from .compare import check_output_type, compare
-from .inputs import derive_seed, make
+from .inputs import apply_salt, derive_seed, make, salt_plan, salted_input
 from .isolation import StudentFailure, WorkerHandle
 from .worker import BASELINE
 from .labs import get
@@ -36,6 +37,9 @@ BENCH_WARMUP = 3                 # calls, and at least
 BENCH_WARMUP_S = 0.2             # seconds of calls: lets an idle GPU's clock ramp up before timing
 BENCH_ROUNDS = 6                 # student batch, baseline batch, repeated (interleaved)
 BENCH_REPS = 10                  # calls per batch
+# LabSpec.salt applied before each timed call. Off until measured on a GPU (written 2026-11-28 without device
+# time; tools/gpu_checks/README.md); LABS_SALT_TIMED_INPUTS=1 turns it on for a run.
+SALT_TIMED_INPUTS = os.environ.get("LABS_SALT_TIMED_INPUTS") == "1"
 UNEVEN_CALLS = 1.25              # scored_times: a median batch mean this far over the median call, and
 UNEVEN_MARGIN_MS = 0.05          # by this much: some calls did other calls' work, and batch means are scored
 TIER_EDGE = 0.03                 # a ratio within 3% of a tier edge is measured again
@@ -348,10 +352,11 @@ def measure(ctx: Context, bench: Benchmark, rounds: int = BENCH_ROUNDS, reps: in
     seeds = [derive_seed(ctx.seed, spec.id, bench.name, "set", i) for i in range(BENCH_INPUT_SETS)]
     timers = {"student": (ctx.worker, bench.entry), "base": (ctx.baseline_worker(), BASELINE + bench.baseline)}
     hold = spin_cycles(HOST_SLACK_MS) if ctx.device == "cuda" else 0
+    salted = SALT_TIMED_INPUTS and bool(spec.salt)
     for who, (w, entry) in timers.items():
         setup = {"cmd": "bench_setup", "entry": entry, "params": params, "seeds": seeds,
                  "flush_bytes": L2_FLUSH_BYTES if ctx.device == "cuda" else 0, "hold_cycles": hold,
-                 "warmup": BENCH_WARMUP, "warmup_s": BENCH_WARMUP_S, "archive_reps": reps}
+                 "warmup": BENCH_WARMUP, "warmup_s": BENCH_WARMUP_S, "archive_reps": reps, "salt": salted}
         r = w.request(setup, 10 * spec.time_limit_s, f"warming up {entry} on {bench.name}")
         if r.get("status") != "ok":
             return {"error": ("" if who == "student" else "baseline failed: ") + _error_text(r)}
@@ -364,7 +369,7 @@ def measure(ctx: Context, bench: Benchmark, rounds: int = BENCH_ROUNDS, reps: in
     times = {"student": [], "base": []}
     batch_wall_ms = {"student": [], "base": []}   # per batch: wall time on this clock, less the round trip
     rep_seeds = ([derive_seed(ctx.seed, spec.id, bench.name, "rep", i) for i in range(rounds * reps)]
-                 if spec.perturb else [])
+                 if spec.perturb or salted else [])
     # One output of every batch is re-checked; which call of it is drawn here from the system's randomness,
     # never sent anywhere, and used only after the batch has run. The worker archives the outputs of the
     # current batch only (a batch of a 256 MB output is 2.5 GB, not 60 x 256 MB), so a submission cannot
@@ -403,7 +408,7 @@ def measure(ctx: Context, bench: Benchmark, rounds: int = BENCH_ROUNDS, reps: in
     # next to the timed calls (on the H100, batch means of 10-30 us kernels rose by 20-60 us when every
     # batch was judged in between, 2026-11-28).
     for rep, outputs in fetched:
-        wrong = judge_timed_output(ctx, bench, rep, outputs, seeds, rep_seeds)
+        wrong = judge_timed_output(ctx, bench, rep, outputs, seeds, rep_seeds, salted)
         if wrong:
             return {"error": wrong}
         rechecked.append(rep)
@@ -414,7 +419,7 @@ def measure(ctx: Context, bench: Benchmark, rounds: int = BENCH_ROUNDS, reps: in
     # device-wide sync, so work on side streams is inside it; a patched timer cannot touch this clock.
     # Compared as medians over batches, reported vs wall, so that one disturbed batch (a clock ramp, a
     # host hiccup) can neither fail an honest kernel nor hide a cheat that is present in every batch.
-    overhead = _overhead_ms(spec, params, hold) if ctx.device == "cuda" else 0.0
+    overhead = _overhead_ms(spec, params, hold, salted) if ctx.device == "cuda" else 0.0
     per_batch = {}
     for who in ("student", "base"):
         walls = batch_wall_ms[who]
@@ -476,7 +481,7 @@ def spin_cycles(ms: float) -> int:
     return int(ms * _SPIN["per_ms"])
 
 
-def _overhead_ms(spec: LabSpec, params: dict, hold_cycles: int = 0) -> float:
+def _overhead_ms(spec: LabSpec, params: dict, hold_cycles: int = 0, salted: bool = False) -> float:
     """GPU time per timed call that is not the student's: the L2 flush, the spin that keeps the host
     ahead (HOST_SLACK_MS), and the archive copy of the outputs."""
     def timed(fn) -> float:
@@ -502,6 +507,13 @@ def _overhead_ms(spec: LabSpec, params: dict, hold_cycles: int = 0) -> float:
         inputs = make(spec, params, 0, "cuda")
         total += timed(lambda: spec.perturb(inputs, params, torch.Generator().manual_seed(0)))
         del inputs
+    if salted:                       # the salt written before each timed call
+        inputs = make(spec, params, 0, "cuda")
+        name = salted_input(spec, inputs)
+        if name:
+            plan = salt_plan(inputs[name], 0)
+            total += timed(lambda: apply_salt(inputs[name], plan, 0))
+        del inputs
     return total
 
 
@@ -515,13 +527,18 @@ def fetch_timed_output(ctx: Context, rep: int, archived: int) -> tuple[list | No
 
 
 def judge_timed_output(ctx: Context, bench: Benchmark, rep: int, outputs: list, seeds: list,
-                       rep_seeds: list) -> str | None:
+                       rep_seeds: list, salted: bool = False) -> str | None:
     """Timed outputs are re-checked: every call must be right, not only the first. Judges timed call
     `rep`'s outputs against the reference for the inputs that call saw. Returns why it is wrong, or None."""
     spec, params = ctx.spec, dict(bench.params)
-    inputs = make(spec, params, seeds[rep % len(seeds)], ctx.device)
-    if rep_seeds:
+    seed = seeds[rep % len(seeds)]
+    inputs = make(spec, params, seed, ctx.device)
+    name = salted_input(spec, inputs) if salted else None
+    plan = salt_plan(inputs[name], seed) if name else None      # from the set as made, as the worker does
+    if rep_seeds and spec.perturb:
         inputs = spec.perturb(inputs, params, torch.Generator().manual_seed(rep_seeds[rep]))
+    if plan is not None:
+        apply_salt(inputs[name], plan, rep_seeds[rep])
     ref = spec.reference(inputs, params)
     ok, text, _ = _judge_outputs(ctx, params, outputs, None, ref)
     del inputs, ref

@@ -141,6 +141,12 @@ class LabSpec:
     # its ops are invariant to per-row shifts (softmax) or affine maps (LayerNorm) and commute with
     # column permutations.
     perturb: Callable[[dict, Mapping[str, Any], torch.Generator], dict] | None = None
+    # Timed inputs to salt (grader.inputs.salt_plan; used where runner.SALT_TIMED_INPUTS is on): the first
+    # of these names that is a floating-point input of a benchmark gets one element per row rewritten on
+    # the timing stream just before each timed call (after the flush and the spin), so that work on a side
+    # stream that does not wait for the timing stream reads stale values and fails the re-check. Name an
+    # input on which every output element depends row by row (A of a GEMM, q of attention, x of a norm).
+    salt: tuple[str, ...] = ()
 
     def __post_init__(self):
         validate(self)

@@ -285,6 +285,15 @@ def test_side_stream_work_overlapping_the_flush_gains_nothing(solution_speed_409
 
 
 @requires_cuda
+def test_side_stream_work_overlapping_the_flush_reads_stale_salt(monkeypatch):
+    # The planned fix, off by default until this passes on a GPU: with runner.SALT_TIMED_INPUTS the rows the
+    # side stream computed before the salt landed are stale, and the re-check of a timed output fails
+    monkeypatch.setattr(grader.runner, "SALT_TIMED_INPUTS", True)
+    r = grade_exploit("overlaps_flush", "speed[triton-bf16-4096]", cpu=False)
+    assert_rejected(check(r, "speed[triton-bf16-4096]"), "returned a wrong result")
+
+
+@requires_cuda
 def test_persisting_l2_is_rejected():
     r = grade_exploit("persisting_l2", "triton_matmul[bf16-64x64x64]", "speed[triton-bf16-4096]", cpu=False)
     assert check(r, "triton_matmul[bf16-64x64x64]").status == "pass"

@@ -857,6 +857,86 @@ def _cpu_measure(source):
         ctx.close()
 
 
+def _cpu_measure_lab02(source):
+    """measure() for a small lab02 GEMM on the CPU tier (no LabSpec.perturb: three fixed input sets)."""
+    from grader.labs import get
+    from grader.labs.lab02_tiled_matmul import mnk
+    from grader.runner import Context, measure, resolve_files
+    from grader.spec import Benchmark, SpeedTier
+
+    spec = get("lab02")
+    bench = Benchmark("cpu-triton-fp32-32", "triton_matmul", mnk(32, 32, 32, "fp32"), "cublas", (SpeedTier(0.0, 1.0),))
+    ctx = Context(spec, resolve_files(spec, source), "cpu", 0)
+    try:
+        m = measure(ctx, bench, rounds=2, reps=4)
+        return m, m.get("error")
+    finally:
+        ctx.close()
+
+
+def test_salted_inputs_are_reproduced_for_every_recheck(monkeypatch):
+    # With the salt on, each timed call's inputs get one element per row rewritten just before the call;
+    # the grading process rebuilds them for the re-check: an honest submission must pass every re-check,
+    # with LabSpec.perturb (lab03) and without (lab02)
+    import grader.runner
+    monkeypatch.setattr(grader.runner, "SALT_TIMED_INPUTS", True)
+    for measure_it in (_cpu_measure, _cpu_measure_lab02):
+        m, wrong = measure_it("solutions")
+        assert wrong is None, wrong
+        assert len(m["rep_seeds"]) == m["reps_done"] == 8 and len(m["rechecked"]) == 2
+
+
+def test_salt_catches_answers_computed_from_stale_inputs(monkeypatch, tmp_path):
+    # An answer computed before the salt lands is stale: here a replay per live input tensor (on a GPU the
+    # same happens to work started on a side stream before the timing stream reaches the call). Without the
+    # salt the three fixed input sets make every replay right; with it the re-check fails.
+    import shutil
+
+    import grader.runner
+    src = REPO_ROOT / "solutions" / "stage1_foundations" / "lab02_tiled_matmul"
+    for f in src.iterdir():
+        shutil.copy(f, tmp_path / f.name)
+    with open(tmp_path / "triton_matmul.py", "a") as f:
+        f.write("\n\n_seen = {}\n_compute = matmul\n\n\ndef matmul(a, b):\n"
+                "    key = (a.data_ptr(), b.data_ptr())\n"
+                "    if key not in _seen:\n        _seen[key] = _compute(a, b)\n"
+                "    return _seen[key].clone()\n")
+    monkeypatch.setattr(grader.runner, "SALT_TIMED_INPUTS", False)
+    m, wrong = _cpu_measure_lab02(tmp_path)
+    assert wrong is None, wrong                                   # unsalted: the replays pass
+    monkeypatch.setattr(grader.runner, "SALT_TIMED_INPUTS", True)
+    m, wrong = _cpu_measure_lab02(tmp_path)
+    assert wrong and "returned a wrong result" in wrong, wrong
+
+
+def test_salt_also_catches_batch_then_skip(monkeypatch):
+    # The batch's answers computed in its first call cannot include the later calls' salt (written just
+    # before each of them): the re-check finds them stale. (An exploit that also replays the salt from its
+    # worker's state is the residual README.md lists.)
+    import grader.runner
+    from tests.conftest import exploit_dir
+    monkeypatch.setattr(grader.runner, "SALT_TIMED_INPUTS", True)
+    m, wrong = _cpu_measure(exploit_dir("lab03", "batch_then_skip"))
+    assert wrong and "returned a wrong result" in wrong, wrong
+
+
+def test_salt_plan_rewrites_one_element_per_row_and_depends_only_on_its_seeds():
+    from grader.inputs import apply_salt, salt_plan
+    for shape in [(3072,), (5, 9), (2, 3, 4, 6)]:
+        t = torch.randn(shape, generator=torch.Generator().manual_seed(0))
+        plan, again = salt_plan(t, 5), salt_plan(t.clone(), 5)
+        assert all(torch.equal(a, b) for a, b in zip(plan[0], again[0])) and torch.equal(plan[1], again[1])
+        u, v = t.clone(), t.clone()
+        apply_salt(u, plan, 11)
+        apply_salt(v, plan, 12)
+        apply_salt(v, plan, 11)                                   # history does not matter, only this call
+        assert torch.equal(u, v) and not torch.equal(u, t)
+        changed = (u != t).reshape(-1, t.shape[-1] if t.dim() > 1 else 1024)
+        assert (changed.sum(1) == 1).all()                        # one per row (1-D: per 1024 elements)
+        big = (u[u != t].abs() >= 4 * t.square().mean().sqrt() * 0.99).all()
+        assert big                                                # far outside the data: answers move
+
+
 def test_measure_runs_on_the_cpu_and_rechecks_timed_outputs():
     m, wrong = _cpu_measure("solutions")
     assert wrong is None, wrong
@@ -882,12 +962,14 @@ def test_replay_per_live_input_gains_nothing_in_timed_calls():
     assert exploit_ms >= 0.5 * solution_ms, (exploit_ms, solution_ms)
 
 
-def test_batch_then_skip_is_scored_on_batch_means():
+def test_batch_then_skip_is_scored_on_batch_means(monkeypatch):
     # The first timed call of each batch computes every answer of the batch (the exploit reads the batch's
     # seeds from its own process), the others hand them out: every timed answer is right and the median
-    # call is a clone. Scored on batch means, it is as slow as its kernel.
+    # call is a clone. Scored on batch means, it is as slow as its kernel. (Unsalted: with the salt, below.)
+    import grader.runner
     from grader.runner import scored_times
     from tests.conftest import exploit_dir
+    monkeypatch.setattr(grader.runner, "SALT_TIMED_INPUTS", False)
     m, wrong = _cpu_measure(exploit_dir("lab03", "batch_then_skip"))
     assert wrong is None, wrong
     first, rest = m["student"][0::4], [t for i, t in enumerate(m["student"]) if i % 4]

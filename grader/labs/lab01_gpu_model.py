@@ -398,6 +398,7 @@ SPEC = LabSpec(
     cases=_cases(),
     hidden_cases=hidden_cases,
     benchmarks=_benchmarks(),
+    salt=('x',),
     baselines={"torch_copy": torch_copy, "torch_sum": torch_sum, "eager": eager},
     flops=flops,
     bytes_moved=bytes_moved,

@@ -156,6 +156,7 @@ SPEC = LabSpec(
     cases=_cases(),
     hidden_cases=hidden_cases,
     benchmarks=BENCHMARKS,
+    salt=('a',),
     baselines={"cublas": cublas},
     flops=lambda p: 2.0 * p["M"] * p["N"] * p["K"],
     bytes_moved=lambda p: (p["M"] * p["K"] + p["K"] * p["N"] + p["M"] * p["N"]) * DTYPES[p["dtype"]].itemsize,

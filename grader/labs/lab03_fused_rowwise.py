@@ -375,6 +375,7 @@ SPEC = LabSpec(
     cases=_cases(),
     hidden_cases=hidden_cases,
     benchmarks=_benchmarks(),
+    salt=('x',),
     baselines={"copy": copy, "eager": eager, "compiled": compiled, "F.rms_norm": torch_rms_norm},
     perturb=perturb,
     bytes_moved=bytes_moved,

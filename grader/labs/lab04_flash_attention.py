@@ -307,6 +307,7 @@ SPEC = LabSpec(
     cases=_cases(),
     hidden_cases=hidden_cases,
     benchmarks=BENCHMARKS,
+    salt=('q',),
     baselines={"sdpa_flash": sdpa_flash, "sdpa_cudnn": sdpa_cudnn},
     flops=flops,
     bytes_moved=bytes_moved,

@@ -778,6 +778,7 @@ SPEC = LabSpec(
     cases=_cases(),
     hidden_cases=hidden_cases,
     benchmarks=_benchmarks(),
+    salt=('q',),
     baselines={"copy": copy, "gather_sdpa": gather_sdpa},
     flops=flops,
     bytes_moved=bytes_moved,

@@ -652,6 +652,7 @@ SPEC = LabSpec(
     cases=_cases(),
     hidden_cases=hidden_cases,
     benchmarks=_benchmarks(),
+    salt=('x',),
     baselines={"torch_bf16": torch_dense_matmul},
     flops=lambda p: flops(p),
     bytes_moved=bytes_moved,
