@@ -21,7 +21,12 @@
 #       4096 x 4096 and ~2.2x at 4096 x 14336, BENCHMARKS.md lab 10 Session 5), lab03's batch_then_skip must
 #       still be scored on batch means, persisting_l2 still rejected, and lab02/overlaps_flush is expected to
 #       GAIN (strict xfail: the side-stream overlap hole, README "Known limits"); if it XPASSes, read why.
-# STEPS=a (lab03 speed, audits; ~9 min), STEPS=b (the exploit tests; ~5 min) ran on 2026-11-28; next: STEPS=c (~6 min).
+#   (8) session 5: the salt (LabSpec.salt; off by default, LABS_SALT_TIMED_INPUTS=1 turns it on). STEPS=d:
+#       with it on, the solutions' speed ratios of lab02, lab03 (a subset) and lab10 must match STEPS=c's within
+#       a few % and pass every re-check; lab02/overlaps_flush must fail its re-check ("returned a wrong
+#       result"). If all holds, turn it on by default (runner.SALT_TIMED_INPUTS) and drop the strict xfail.
+# STEPS=a (lab03 speed, audits; ~9 min), STEPS=b (the exploit tests; ~5 min) ran on 2026-11-28; next: STEPS=c
+# (~6 min), then STEPS=d (~6 min).
 STEPS=${STEPS:-"c"}
 want() { [[ " $STEPS " == *" $1 "* ]]; }
 set -x
@@ -58,4 +63,16 @@ grep -E "speed\[|points" $OUT/lab10_speed$run.log | grep -v "^│ *│" | cut -c
 done
 timeout 150 python3 -m pytest tests/test_lab03.py -q -p no:cacheprovider -k "batch_then_skip_is_scored" 2>&1 | tail -2
 timeout 200 python3 -m pytest tests/test_adversarial.py -q -p no:cacheprovider -rxX -k "persisting_l2 or overlapping_the_flush" 2>&1 | tail -4
+fi
+if want d; then
+export LABS_SALT_TIMED_INPUTS=1
+timeout 120 python3 -m grader grade lab10 --solutions -k speed --no-progress --json $OUT/lab10_salt.json > $OUT/lab10_salt.log 2>&1
+grep -E "speed\[|points" $OUT/lab10_salt.log | grep -v "^│ *│" | cut -c1-200
+timeout 120 python3 -m grader grade lab02 --solutions -k speed --no-progress > $OUT/lab02_salt.log 2>&1
+grep -E "speed\[|points" $OUT/lab02_salt.log | grep -v "^│ *│" | cut -c1-200
+timeout 120 python3 -m grader grade lab03 --solutions -k "speed[rmsnorm_fwd-bf16-4096x8192" -k "speed[softmax-bf16-4096x4096" \
+    --no-progress > $OUT/lab03_salt.log 2>&1
+grep -E "speed\[|points" $OUT/lab03_salt.log | grep -v "^│ *│" | cut -c1-200
+timeout 150 python3 -m pytest tests/test_adversarial.py -q -p no:cacheprovider -k "reads_stale_salt" 2>&1 | tail -2
+unset LABS_SALT_TIMED_INPUTS
 fi
