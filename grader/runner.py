@@ -20,7 +20,7 @@ import torch
 
 from . import REPO_ROOT, calibration, cuda, hardware
 from .compare import check_output_type, compare
-from .inputs import apply_salt, derive_seed, make, salt_plan, salted_input
+from .inputs import apply_salt, derive_seed, make, salt_plan, salt_values, salted_input
 from .isolation import StudentFailure, WorkerHandle
 from .worker import BASELINE
 from .labs import get
@@ -37,9 +37,9 @@ BENCH_WARMUP = 3                 # calls, and at least
 BENCH_WARMUP_S = 0.2             # seconds of calls: lets an idle GPU's clock ramp up before timing
 BENCH_ROUNDS = 6                 # student batch, baseline batch, repeated (interleaved)
 BENCH_REPS = 10                  # calls per batch
-# LabSpec.salt applied before each timed call. Off until measured on a GPU (written 2026-11-28 without device
-# time; tools/gpu_checks/README.md); LABS_SALT_TIMED_INPUTS=1 turns it on for a run.
-SALT_TIMED_INPUTS = os.environ.get("LABS_SALT_TIMED_INPUTS") == "1"
+# LabSpec.salt applied before each timed call (on since 2026-11-28, after the H100 runs in BENCHMARKS.md;
+# LABS_SALT_TIMED_INPUTS=0 turns it off, for comparing the protocol with and without it).
+SALT_TIMED_INPUTS = os.environ.get("LABS_SALT_TIMED_INPUTS", "1") != "0"
 UNEVEN_CALLS = 1.25              # scored_times: a median batch mean this far over the median call, and
 UNEVEN_MARGIN_MS = 0.05          # by this much: some calls did other calls' work, and batch means are scored
 TIER_EDGE = 0.03                 # a ratio within 3% of a tier edge is measured again
@@ -450,7 +450,7 @@ def scored_times(m: dict) -> tuple[float, float, str]:
     stu, base = statistics.median(m["student"]), statistics.median(m["base"])
     stu_mean = statistics.median(m["batch_reported_ms"]) if m.get("batch_reported_ms") else stu
     base_mean = statistics.median(m["base_batch_reported_ms"]) if m.get("base_batch_reported_ms") else base
-    if stu <= 0 or (stu_mean > UNEVEN_CALLS * stu and stu_mean - stu > UNEVEN_MARGIN_MS):
+    if _uneven(m["student"], m.get("batch_reported_ms", [])) or stu <= 0:
         return stu_mean, base_mean, (f" (scored on batch means: the median call took {stu:.4f} ms but calls "
                                      f"averaged {stu_mean:.4f} ms per batch, so some calls did others' work)")
     return stu, base, ""
@@ -512,7 +512,8 @@ def _overhead_ms(spec: LabSpec, params: dict, hold_cycles: int = 0, salted: bool
         name = salted_input(spec, inputs)
         if name:
             plan = salt_plan(inputs[name], 0)
-            total += timed(lambda: apply_salt(inputs[name], plan, 0))
+            values = salt_values(inputs[name], plan, 0)          # made before the batch, as the worker does
+            total += timed(lambda: apply_salt(inputs[name], plan, 0, values))
         del inputs
     return total
 
@@ -566,6 +567,16 @@ def _speed_check(bench: Benchmark) -> Callable:
             m = measure(ctx, bench)
             if "error" in m:
                 return _result(ctx, p, "fail", m["error"])
+            retry = ""
+            if disturbed(m):
+                # Uneven batches on either side, or the wall clock ahead of the events: a cheat does this in
+                # every run, an honest kernel when something else held the host or the GPU (H100,
+                # 2026-11-28: one lab 10 benchmark's student AND baseline calls ran 2x-50x slow for a few
+                # batches). One fresh measurement, which then stands alone.
+                m = measure(ctx, bench)
+                if "error" in m:
+                    return _result(ctx, p, "fail", m["error"])
+                retry = " (measured twice: the first run was disturbed)"
             stu_ms, base_ms, note = scored_times(m)
             ratio = base_ms / stu_ms if stu_ms > 0 else float("inf")
             if any(abs(ratio - edge) <= TIER_EDGE * edge for edge, _ in edges):
@@ -581,6 +592,7 @@ def _speed_check(bench: Benchmark) -> Callable:
                 stu_ms, base_ms, note = scored_times(m)
                 ratio = base_ms / stu_ms if stu_ms > 0 else float("inf")
                 note += " (re-measured: near a tier edge)"
+            note += retry
             ctx.worker.request({"cmd": "bench_clear"}, 60, "freeing benchmark inputs")
         except StudentFailure as exc:
             return _result(ctx, p, "fail", str(exc))
@@ -606,9 +618,9 @@ def _speed_check(bench: Benchmark) -> Callable:
         for key in ("wall_per_call_ms", "reported_per_call_ms", "batch_wall_left_ms", "batch_reported_ms"):
             details[key] = m[key]
         mean_ms = m["reported_per_call_ms"]
-        base_gap = max(0.0, statistics.median(m["base_gap_ms"])) if m.get("base_gap_ms") else 0.0
+        base_gap = _base_gap(m)
         details["baseline_host_gap_ms"] = base_gap
-        if mean_ms < WALL_AGREEMENT * m["wall_per_call_ms"] - WALL_SLACK_MS - base_gap:
+        if _wall_disagrees(m):
             return _result(ctx, p, "fail", f"invalid timing: the calls report {mean_ms:.4f} ms per call (median "
                                            f"batch), but the grader's own clock leaves {m['wall_per_call_ms']:.4f} ms per call (work "
                                            f"on an unsynchronized stream, or a patched timer; another process busy on the same GPU "
@@ -623,6 +635,29 @@ def _speed_check(bench: Benchmark) -> Callable:
         return _result(ctx, p, status, f"{ratio:.2f}x {bench.baseline}{note}: {timing}; tiers {tiers}",
                        points=bench.points * frac, **details)
     return run
+
+
+def _base_gap(m: dict) -> float:
+    return max(0.0, statistics.median(m["base_gap_ms"])) if m.get("base_gap_ms") else 0.0
+
+
+def _wall_disagrees(m: dict) -> bool:
+    """The grader's own clock leaves more time per call than the events report (beyond the baseline's gap)."""
+    return m["reported_per_call_ms"] < WALL_AGREEMENT * m["wall_per_call_ms"] - WALL_SLACK_MS - _base_gap(m)
+
+
+def _uneven(calls: list[float], batch_means: list[float]) -> bool:
+    if not calls or not batch_means:
+        return False
+    call, mean = statistics.median(calls), statistics.median(batch_means)
+    return call <= 0 or (mean > UNEVEN_CALLS * call and mean - call > UNEVEN_MARGIN_MS)
+
+
+def disturbed(m: dict) -> bool:
+    """A measurement worth repeating once: the student's or the baseline's batches uneven (scored_times),
+    or the wall clock ahead of the events."""
+    return (_uneven(m["student"], m.get("batch_reported_ms", [])) or
+            _uneven(m["base"], m.get("base_batch_reported_ms", [])) or _wall_disagrees(m))
 
 
 def _iqr(xs: list[float]) -> float:

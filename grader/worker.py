@@ -181,7 +181,7 @@ class _Session:
         for the call then runs ahead of the GPU), start event, call, end event; one device-wide sync per
         batch. Work hidden on side streams or a patched timer shows up against
         the batch's wall time, which the grading process measures on its own clock (runner.measure)."""
-        from .inputs import apply_salt
+        from .inputs import apply_salt, salt_values
         torch = self.torch
         b = self.bench
         bad = None
@@ -194,6 +194,12 @@ class _Session:
                 self.l2 = _PersistingL2()
             self.l2.reset()
         rep_seeds = msg.get("rep_seeds") or []
+        salt = []                         # this batch's salt values per call, made before the timed loop
+        if b["salt"] and rep_seeds:
+            name, plans = b["salt"]
+            for j, i in enumerate(range(msg["start"], msg["start"] + msg["reps"])):
+                plan = plans[i % len(plans)]
+                salt.append((name, plan, salt_values(b["sets"][i % len(b["sets"])][name], plan, rep_seeds[j])))
         for j, i in enumerate(range(msg["start"], msg["start"] + msg["reps"])):
             inputs = b["sets"][i % len(b["sets"])]
             if rep_seeds and self.spec.perturb:   # fresh values for this call, before the flush
@@ -202,9 +208,9 @@ class _Session:
                 self.flush_buf.zero_()
             if cuda and self.hold_cycles:     # keeps the GPU busy while the host prepares the call
                 torch.cuda._sleep(self.hold_cycles)
-            if b["salt"] and rep_seeds:       # last before the start event: side-stream work that does not
-                name, plans = b["salt"]       # wait for this stream reads the previous call's values
-                apply_salt(inputs[name], plans[i % len(plans)], rep_seeds[j])
+            if salt:                          # last before the start event: side-stream work that does not
+                name, plan, values = salt[j]  # wait for this stream reads the previous call's values
+                apply_salt(inputs[name], plan, rep_seeds[j], values)
             if cuda:
                 start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
                 start.record()

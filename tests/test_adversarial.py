@@ -272,25 +272,26 @@ def test_patched_timer_is_caught(solution_speed_4096):
 
 
 @requires_cuda
-@pytest.mark.xfail(strict=True, reason="known hole (README, Known limits): side-stream work that waits for nothing "
-                   "overlaps the grader's flush and spin; planned fix: inputs salted on the timing stream before "
-                   "each call. Strict: if this passes, the exploit or the hole has changed")
-def test_side_stream_work_overlapping_the_flush_gains_nothing(solution_speed_4096):
+def test_side_stream_work_overlapping_the_flush_reads_stale_salt():
+    # The side stream starts while the grader still flushes and spins before the call, before the salt
+    # (runner.SALT_TIMED_INPUTS, on by default) lands on the timing stream: its rows are computed from the
+    # previous call's values, and the re-check of a timed output fails
     r = grade_exploit("overlaps_flush", "triton_matmul[bf16-64x64x64]", "speed[triton-bf16-4096]", cpu=False)
     assert check(r, "triton_matmul[bf16-64x64x64]").status == "pass"
+    assert_rejected(check(r, "speed[triton-bf16-4096]"), "returned a wrong result")
+
+
+@requires_cuda
+@pytest.mark.xfail(strict=True, reason="the hole the salt closes: without it, side-stream work that waits for "
+                   "nothing overlaps the grader's flush and spin unseen (H100, 2026-11-28). Strict: if this "
+                   "passes, the exploit or the protocol has changed")
+def test_without_the_salt_overlapping_the_flush_would_gain(monkeypatch, solution_speed_4096):
+    monkeypatch.setattr(grader.runner, "SALT_TIMED_INPUTS", False)
+    r = grade_exploit("overlaps_flush", "speed[triton-bf16-4096]", cpu=False)
     c = check(r, "speed[triton-bf16-4096]")
     # three quarters of the work inside the events: a gain shows as a time well under the solution's
     gained = c.status == "pass" and c.details["student_ms"] < 0.9 * solution_speed_4096.details["student_ms"]
     assert not gained, f"{c.message} vs solution {solution_speed_4096.message}"
-
-
-@requires_cuda
-def test_side_stream_work_overlapping_the_flush_reads_stale_salt(monkeypatch):
-    # The planned fix, off by default until this passes on a GPU: with runner.SALT_TIMED_INPUTS the rows the
-    # side stream computed before the salt landed are stale, and the re-check of a timed output fails
-    monkeypatch.setattr(grader.runner, "SALT_TIMED_INPUTS", True)
-    r = grade_exploit("overlaps_flush", "speed[triton-bf16-4096]", cpu=False)
-    assert_rejected(check(r, "speed[triton-bf16-4096]"), "returned a wrong result")
 
 
 @requires_cuda

@@ -221,7 +221,7 @@ def sweep() -> int:
             sol = lambda: S.w4a16_matmul(inp["x"], inp["qweight"], inp["scales"], inp["qzeros"])  # noqa: E731
             base(), sol()
             t_base, t_sol = gpu_time_ms(base), gpu_time_ms(sol)
-            for per_sm, bn, warps, stages in itertools.product((1, 2, 4), (128, 256), (2, 4), (3, 4)):
+            for per_sm, bn, warps, stages in itertools.product((1, 2, 3, 4), (128, 256), (2, 4), (3,)):
                 try:
                     run = make_runner(inp["x"], inp["qweight"], inp["scales"], inp["qzeros"], per_sm * sms,
                                       BLOCK_N=bn, num_warps=warps, num_stages=stages)
