@@ -1000,6 +1000,21 @@ def test_scored_times_ignores_host_delays_but_not_uneven_batches():
     assert scored_times(delayed) == (0.013, 0.021, "")
 
 
+def test_a_disturbed_measurement_is_one_that_is_repeated():
+    from grader.runner import disturbed
+    clean = {"student": [0.013] * 60, "base": [0.021] * 60, "batch_reported_ms": [0.014] * 6,
+             "base_batch_reported_ms": [0.021] * 6, "wall_per_call_ms": 0.02, "reported_per_call_ms": 0.014,
+             "base_gap_ms": [0.0] * 6}
+    assert not disturbed(clean)
+    # the student's batches uneven past the margin (what batch_then_skip does in every run)
+    assert disturbed(dict(clean, batch_reported_ms=[0.3] * 6))
+    # the baseline's batches uneven: the GPU or host was busy with something else (H100, 2026-11-28:
+    # one lab 10 benchmark's baseline at 41 us against its usual 22 us, the student's calls 2-50x slow)
+    assert disturbed(dict(clean, base_batch_reported_ms=[0.021, 0.2, 0.3, 0.021, 0.25, 0.4]))
+    # the wall clock leaves far more per call than the events report
+    assert disturbed(dict(clean, wall_per_call_ms=0.5))
+
+
 def test_timed_calls_that_skip_the_work_are_caught():
     # Right in every correctness trial, an empty tensor in every timed call: the re-check of one timed
     # output per batch (chosen after the batch ran) finds it.

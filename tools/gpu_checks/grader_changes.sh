@@ -25,9 +25,13 @@
 #       with it on, the solutions' speed ratios of lab02, lab03 (a subset) and lab10 must match STEPS=c's within
 #       a few % and pass every re-check; lab02/overlaps_flush must fail its re-check ("returned a wrong
 #       result"). If all holds, turn it on by default (runner.SALT_TIMED_INPUTS) and drop the strict xfail.
-# STEPS=a (lab03 speed, audits; ~9 min), STEPS=b (the exploit tests; ~5 min) ran on 2026-11-28; next: STEPS=c
-# (~6 min), then STEPS=d (~6 min).
-STEPS=${STEPS:-"c"}
+#   Session 6 (2026-11-28) ran c and d (BENCHMARKS.md), then turned the salt on by default (one index_copy_
+#   per call), repeated disturbed measurements once and raised the spin to 0.5 ms.
+#   (9) STEPS=e, f: every other lab's speed under that final protocol; each ratio should sit within 5% of
+#       its BENCHMARKS.md table, none scored on batch means, none "measured twice".
+# STEPS=a (lab03 speed, audits; ~9 min), STEPS=b (the exploit tests; ~5 min), c and d ran on 2026-11-28;
+# next: STEPS=e (~8 min), then STEPS=f (~8 min).
+STEPS=${STEPS:-"e"}
 want() { [[ " $STEPS " == *" $1 "* ]]; }
 set -x
 export OUT PYTHONPATH=. PYTHONUNBUFFERED=1 COLUMNS=230
@@ -65,7 +69,7 @@ timeout 150 python3 -m pytest tests/test_lab03.py -q -p no:cacheprovider -k "bat
 timeout 200 python3 -m pytest tests/test_adversarial.py -q -p no:cacheprovider -rxX -k "persisting_l2 or overlapping_the_flush" 2>&1 | tail -4
 fi
 if want d; then
-export LABS_SALT_TIMED_INPUTS=1
+export LABS_SALT_TIMED_INPUTS=1     # on by default since session 6
 timeout 120 python3 -m grader grade lab10 --solutions -k speed --no-progress --json $OUT/lab10_salt.json > $OUT/lab10_salt.log 2>&1
 grep -E "speed\[|points" $OUT/lab10_salt.log | grep -v "^│ *│" | cut -c1-200
 timeout 120 python3 -m grader grade lab02 --solutions -k speed --no-progress > $OUT/lab02_salt.log 2>&1
@@ -75,4 +79,16 @@ timeout 120 python3 -m grader grade lab03 --solutions -k "speed[rmsnorm_fwd-bf16
 grep -E "speed\[|points" $OUT/lab03_salt.log | grep -v "^│ *│" | cut -c1-200
 timeout 150 python3 -m pytest tests/test_adversarial.py -q -p no:cacheprovider -k "reads_stale_salt" 2>&1 | tail -2
 unset LABS_SALT_TIMED_INPUTS
+fi
+if want e; then
+for lab in lab01 lab03; do
+timeout 280 python3 -m grader grade $lab --solutions -k speed --no-progress --json $OUT/${lab}_final.json > $OUT/${lab}_final.log 2>&1
+grep -E "speed\[|points" $OUT/${lab}_final.log | grep -v "^│ *│" | cut -c1-200
+done
+fi
+if want f; then
+for lab in lab04 lab05 lab06; do
+timeout 200 python3 -m grader grade $lab --solutions -k speed --no-progress --json $OUT/${lab}_final.json > $OUT/${lab}_final.log 2>&1
+grep -E "speed\[|points" $OUT/${lab}_final.log | grep -v "^│ *│" | cut -c1-200
+done
 fi
