@@ -490,6 +490,16 @@ def test_streamk_experiment_is_correct_under_the_interpreter():
     assert proc.stdout.count(": ok ") >= 20 and "WRONG" not in proc.stdout, proc.stdout
 
 
+def test_swapab_experiment_is_correct_under_the_interpreter():
+    # tools/gpu_checks/lab10_swapab.py (instructor experiment, next GPU session): y^T = W^T x^T, the
+    # dequantized weights as the MMA's A operand; ragged M and N, uneven split-K, fp16 and fp32
+    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=str(REPO_ROOT))
+    proc = subprocess.run([sys.executable, str(REPO_ROOT / "tools" / "gpu_checks" / "lab10_swapab.py"), "check"],
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.stdout.count(": ok ") == 9 and "WRONG" not in proc.stdout, proc.stdout
+
+
 def test_solution_kernel_compiles_for_sm90():
     """The interpreter never compiles a kernel: compile the first and last decode config (nibble-plane dots
     with split-K, one dot on small groups) and the first prefill configs for an H100 (Triton's bundled
