@@ -886,6 +886,53 @@ def test_salted_inputs_are_reproduced_for_every_recheck(monkeypatch):
         assert len(m["rep_seeds"]) == m["reps_done"] == 8 and len(m["rechecked"]) == 2
 
 
+def _small_salted_case(spec, entry):
+    """The smallest CPU-tier case of `entry` whose salted input has rows of >= 8 elements."""
+    from grader.inputs import make, salted_input
+    best = None
+    for c in spec.all_cases(0):
+        if "cpu" not in c.tiers or c.entry != entry:
+            continue
+        inputs = make(spec, c.params, 0, "cpu")
+        name = salted_input(spec, inputs)
+        if name and inputs[name].shape[-1] >= 8:
+            size = sum(t.numel() for t in inputs.values() if isinstance(t, torch.Tensor))
+            if best is None or size < best[0]:
+                best = (size, c.params, name)
+    return best
+
+
+@pytest.mark.parametrize("lab", ["lab01", "lab04", "lab06", "lab10"])
+def test_every_salted_lab_passes_its_salted_rechecks_on_the_cpu(monkeypatch, lab):
+    # The salt is on by default: for each lab that names one (lab02 and lab03 above), the solution's timed
+    # outputs must pass their re-checks with it, and the salt must move the reference (else it catches
+    # nothing). The smallest CPU case of the lab's first benchmark entry, measured as a speed check is.
+    import grader.runner
+    from grader.inputs import apply_salt, make, salt_plan
+    from grader.labs import get
+    from grader.runner import Context, measure, resolve_files
+    from grader.spec import Benchmark, SpeedTier
+    monkeypatch.setattr(grader.runner, "SALT_TIMED_INPUTS", True)
+    spec = get(lab)
+    bench = next(b for b in spec.benchmarks if _small_salted_case(spec, b.entry))
+    _, params, name = _small_salted_case(spec, bench.entry)
+    inputs = make(spec, params, 3, "cpu")
+    ref = spec.reference(inputs, params)
+    apply_salt(inputs[name], salt_plan(inputs[name], 3), 7)
+    salted = spec.reference(inputs, params)
+    moved = [not torch.equal(a, b) for a, b in zip(ref if isinstance(ref, tuple) else (ref,),
+                                                   salted if isinstance(salted, tuple) else (salted,))]
+    assert any(moved), f"{lab}: the salt on {name} does not change the reference"
+    b = Benchmark("cpu-" + bench.name, bench.entry, params, bench.baseline, (SpeedTier(0.0, 1.0),))
+    ctx = Context(spec, resolve_files(spec, "solutions"), "cpu", 0)
+    try:
+        m = measure(ctx, b, rounds=2, reps=3)
+    finally:
+        ctx.close()
+    assert "error" not in m, m.get("error")
+    assert len(m["rechecked"]) == 2 and len(m["rep_seeds"]) == 6
+
+
 def test_salt_catches_answers_computed_from_stale_inputs(monkeypatch, tmp_path):
     # An answer computed before the salt lands is stale: here a replay per live input tensor (on a GPU the
     # same happens to work started on a side stream before the timing stream reaches the call). Without the
