@@ -56,7 +56,8 @@ timeout 180 python3 -m grader notebook lab10 --solutions --out "$OUT" > "$OUT/la
 grep -v USDT "$OUT/lab10_nb.log" | tail -45
 fi
 
-# (4) sweep: each autotune config of the solution, timed alone (grader.bench.gpu_time_ms: flush + 0.2 ms spin + events, median) vs torch.matmul bf16
+# (4) sweep: each autotune config of the solution, timed alone (grader.bench.gpu_time_ms: flush + spin + events, median) vs torch.matmul bf16;
+#     plus (session 6) 16-warps-per-SM candidates with maxnreg (compiled here with spills of 4-23 instructions)
 if want 4; then
 timeout 240 python3 - <<'EOF' 2>&1 | tee "$OUT/lab10_sweep.log"
 import torch, triton
@@ -68,10 +69,14 @@ from grader.loader import import_file
 import grader.labs.lab10_w4a16 as L
 S = get("lab10")
 G = import_file("solutions/stage2_llm/lab10_w4a16/w4a16_gemm.py", "stage2_llm/lab10_w4a16")
+def extra(sk, bn, w, reg):       # 16 warps per SM at decode: maxnreg (BENCHMARKS.md, lab 10, Session 6)
+    return triton.Config({"BLOCK_M": 16, "BLOCK_N": bn, "BLOCK_K": 128, "SPLIT_K": sk, "NIBBLE_DOTS": True},
+                         num_warps=w, num_stages=3, maxnreg=reg)
+EXTRA = [extra(4, 128, 4, 128), extra(8, 128, 4, 128), extra(4, 64, 2, 128), extra(8, 64, 2, 128)]
 print(torch.cuda.get_device_name())
 print(f"{'M':>5} {'K x N':>12} {'BM':>4}{'BN':>5}{'BK':>5}{'SK':>3}{'nib':>4}{'w':>3}{'s':>3} {'us':>8} {'torch us':>9} {'x':>6} {'GB/s':>7}  ok")
 for (K, N) in L.BENCH_SHAPES:
-    for M, configs in ((1, G.DECODE_CONFIGS), (16, G.DECODE_CONFIGS), (128, G.SMALL_PREFILL_CONFIGS)):
+    for M, configs in ((1, G.DECODE_CONFIGS + EXTRA), (16, G.DECODE_CONFIGS + EXTRA), (128, G.SMALL_PREFILL_CONFIGS)):
         p = L.gemm(M, K, N, "bf16")
         inp = make(S, p, 0, "cuda")
         ref = S.reference(inp, p)
@@ -92,7 +97,8 @@ for (K, N) in L.BENCH_SHAPES:
                                           x.stride(0), x.stride(1), qw.stride(0), qw.stride(1), sc.stride(0),
                                           sc.stride(1), qz.stride(0), qz.stride(1), y.stride(0), y.stride(1),
                                           GROUP_SIZE=128, M_BUCKET=16, num_warps=c.num_warps,
-                                          num_stages=c.num_stages, **kw)
+                                          num_stages=c.num_stages, **kw,
+                                          **({"maxnreg": c.maxnreg} if getattr(c, "maxnreg", None) else {}))
             try:
                 run()
                 ok = compare(y, ref, S.tolerances["bf16"]).ok
@@ -103,7 +109,8 @@ for (K, N) in L.BENCH_SHAPES:
             gbps = L.bytes_moved(p) / (t * 1e-3) / 1e9
             print(f"{M:>5} {K:>5}x{N:<6} {kw['BLOCK_M']:>4}{kw['BLOCK_N']:>5}{kw['BLOCK_K']:>5}{kw['SPLIT_K']:>3}"
                   f"{int(kw['NIBBLE_DOTS']):>4}{c.num_warps:>3}{c.num_stages:>3} {t * 1e3:>8.1f} {t_base * 1e3:>9.1f}"
-                  f" {t_base / t:>6.2f} {gbps:>7.0f}  {ok}", flush=True)
+                  f" {t_base / t:>6.2f} {gbps:>7.0f}  {ok}" + (f"  maxnreg {c.maxnreg}" if getattr(c, "maxnreg", None) else ""),
+                  flush=True)
         del inp, ref
         torch.cuda.empty_cache()
 EOF
