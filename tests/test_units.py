@@ -754,9 +754,15 @@ def test_calibration_scales_tiers_by_the_reference_solutions_ratio(tmp_path, mon
     assert f == 1.0 and "ignored" in note
 
 
-def test_calibration_takes_only_passing_speed_checks():
+def test_calibration_takes_only_valid_speed_measurements():
     from grader import calibration as C
+    # a failed check without a valid measurement (invalid timing, wrong result): no tier_scale, not taken
     assert C.ratios_from_report(_report("g", "lab02", {"a": 0.9}, status="fail")) == {}
+    # below full marks on an uncalibrated card, but validly timed: taken (else a slower card could never
+    # be calibrated)
+    rep = _report("g", "lab02", {"a": 0.5}, status="fail")
+    rep["labs"][0]["checks"][0]["details"]["tier_scale"] = 1.0
+    assert C.ratios_from_report(rep) == {"lab02": {"a": 0.5}}
     r = C.ratios_from_report(_report("g", "lab02", {"a": 0.91234567}))
     assert r == {"lab02": {"a": 0.9123}}
 

@@ -65,13 +65,19 @@ def factor(gpu_name: str, lab: str, bench: str) -> tuple[float, str]:
 
 
 def ratios_from_report(report: dict) -> dict[str, dict[str, float]]:
-    """{lab: {benchmark: ratio}} from a `labs grade --json` report of the reference solutions."""
+    """{lab: {benchmark: ratio}} from a `labs grade --json` report of the reference solutions: every speed
+    check whose timing was valid, whatever tier it reached."""
     out: dict[str, dict[str, float]] = {}
     for lab in report["labs"]:
         for c in lab["checks"]:
             m = re.fullmatch(r"speed\[(.+)\]", c["name"])
-            ratio = (c.get("details") or {}).get("ratio")
-            if m and isinstance(ratio, (int, float)) and c["status"] == "pass":
+            d = c.get("details") or {}
+            ratio = d.get("ratio")
+            # a valid measurement: full marks, or any tier at all (the speed check sets tier_scale only once
+            # the timing passed its validity checks). A card slower than the reference GPU misses the full
+            # mark until it is calibrated, so "pass" alone would never let it be calibrated.
+            valid = c["status"] == "pass" or "tier_scale" in d
+            if m and isinstance(ratio, (int, float)) and ratio > 0 and valid:
                 out.setdefault(lab["lab"], {})[m.group(1)] = round(float(ratio), 4)
     return out
 
