@@ -72,10 +72,11 @@ SALT_ROW_1D = 1024                 # a 1-D input is salted in rows of this many 
 SALT_ROWS_MAX = 1 << 17            # at most this many salted elements per call (evenly spread rows past it)
 
 
-def salt_plan(t: torch.Tensor, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+def salt_plan(t: torch.Tensor, seed: int, scale: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
     """Where and what to salt in input `t` (contiguous) for one input set: one element per row (rows = every
     index of the leading dims; a 1-D tensor in rows of SALT_ROW_1D), at a column drawn from `seed`, and a
-    base value per position: 4 to 8 times the RMS of t's first 65536 elements. Fixed per set, so the set's
+    base value per position: 4 to 8 times the RMS of t's first 65536 elements, times `scale`
+    (LabSpec.salt_scale). Fixed per set, so the set's
     state after a salt depends only on that call's values (apply_salt overwrites every position).
     Returns (flat indices, base values), both on t's device; the same (t, seed) gives the same plan in any
     process."""
@@ -91,7 +92,7 @@ def salt_plan(t: torch.Tensor, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     index = (rows * length + col).clamp_max(max(n - 1, 0))
     # one sign for all (the call's factor flips it): a reduction over the input moves by the sum of them,
     # 65536 x ~6 RMS for lab01's 64Mi-element sums, past their 1e-4 tolerance; random signs would cancel
-    base = (4 + 4 * torch.rand(len(col), generator=gen)) * rms
+    base = (4 + 4 * torch.rand(len(col), generator=gen)) * rms * scale
     return index.to(t.device), base.to(torch.float32).to(t.device)
 
 

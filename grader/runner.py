@@ -512,7 +512,7 @@ def _overhead_ms(spec: LabSpec, params: dict, hold_cycles: int = 0, salted: bool
         inputs = make(spec, params, 0, "cuda")
         name = salted_input(spec, inputs)
         if name:
-            plan = salt_plan(inputs[name], 0)
+            plan = salt_plan(inputs[name], 0, spec.salt_scale)
             values = salt_values(inputs[name], plan, 0)          # made before the batch, as the worker does
             total += timed(lambda: apply_salt(inputs[name], plan, 0, values))
         del inputs
@@ -536,7 +536,7 @@ def judge_timed_output(ctx: Context, bench: Benchmark, rep: int, outputs: list, 
     seed = seeds[rep % len(seeds)]
     inputs = make(spec, params, seed, ctx.device)
     name = salted_input(spec, inputs) if salted else None
-    plan = salt_plan(inputs[name], seed) if name else None      # from the set as made, as the worker does
+    plan = salt_plan(inputs[name], seed, ctx.spec.salt_scale) if name else None      # from the set as made, as the worker does
     if rep_seeds and spec.perturb:
         inputs = spec.perturb(inputs, params, torch.Generator().manual_seed(rep_seeds[rep]))
     if plan is not None:

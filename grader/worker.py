@@ -159,7 +159,7 @@ class _Session:
             from .inputs import salt_plan, salted_input
             name = salted_input(self.spec, self.bench["sets"][0])
             if name:
-                self.bench["salt"] = (name, [salt_plan(st[name], seed)
+                self.bench["salt"] = (name, [salt_plan(st[name], seed, self.spec.salt_scale)
                                              for st, seed in zip(self.bench["sets"], msg["seeds"])])
         self.hold_cycles = int(msg.get("hold_cycles", 0))
         if self.flush_buf is None and msg["flush_bytes"]:

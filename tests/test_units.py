@@ -924,7 +924,7 @@ def test_every_salted_lab_passes_its_salted_rechecks_on_the_cpu(monkeypatch, lab
     _, params, name = _small_salted_case(spec, bench.entry)
     inputs = make(spec, params, 3, "cpu")
     ref = spec.reference(inputs, params)
-    apply_salt(inputs[name], salt_plan(inputs[name], 3), 7)
+    apply_salt(inputs[name], salt_plan(inputs[name], 3, spec.salt_scale), 7)
     salted = spec.reference(inputs, params)
     moved = [not torch.equal(a, b) for a, b in zip(ref if isinstance(ref, tuple) else (ref,),
                                                    salted if isinstance(salted, tuple) else (salted,))]

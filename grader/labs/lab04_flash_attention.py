@@ -308,6 +308,9 @@ SPEC = LabSpec(
     hidden_cases=hidden_cases,
     benchmarks=BENCHMARKS,
     salt=('q',),
+    salt_scale=0.25,    # 1-4x q's RMS per row, inside realistic()'s per-row scales [0.25, 4] that the tolerances
+                        # were set on; still 0.8% of o's elements out of tolerance for a call answered with
+                        # another call's salt (fp32 emulation, B1 H4 N2048 d128 causal), 6.4% at 1.0
     baselines={"sdpa_flash": sdpa_flash, "sdpa_cudnn": sdpa_cudnn},
     flops=flops,
     bytes_moved=bytes_moved,
