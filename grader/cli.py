@@ -146,6 +146,8 @@ def cmd_calibrate(args) -> int:
         console.print("[red]labs calibrate: no passing speed check to calibrate from[/]")
         return 1
     when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    if args.from_json:          # when the report was graded, where it says so
+        when = report["labs"][0]["env"].get("utc") or f"{when} (calibrated; the report has no time)"
     path = calibration.write(gpu, ratios, when, command)
     n = sum(len(v) for v in ratios.values())
     console.print(f"wrote {n} reference ratio(s) for {gpu} to {path}")

@@ -63,6 +63,7 @@ class Environment:
     python: str = platform.python_version()
     host: str = platform.node()
     seed: int = 0
+    utc: str = ""           # when the grade started (the calibration file's "measured")
     extra: dict = field(default_factory=dict)
 
     def as_dict(self):
@@ -77,7 +78,9 @@ def _version(mod):
 
 
 def environment(tier: str, seed: int) -> Environment:
-    env = Environment(tier=tier, seed=seed, triton=_version("triton"), cupy=_version("cupy"))
+    import datetime
+    env = Environment(tier=tier, seed=seed, triton=_version("triton"), cupy=_version("cupy"),
+                      utc=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"))
     if tier == "gpu" and torch.cuda.is_available():
         env.gpu = torch.cuda.get_device_name()
         env.gpu_count = torch.cuda.device_count()

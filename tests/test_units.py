@@ -747,6 +747,8 @@ def test_calibration_scales_tiers_by_the_reference_solutions_ratio(tmp_path, mon
     assert f == pytest.approx(0.7) and "0.70" in note
     f, note = C.factor("NVIDIA A100-SXM4-80GB", "lab03", "c")        # not measured on the A100
     assert f == 1.0 and "no calibration" in note
+    f, note = C.factor("NVIDIA A100-SXM4-80GB", "lab03", "x")        # measured here, not on the reference GPU
+    assert f == 1.0 and "holds no ratio" in note
     assert C.factor(C.REFERENCE_GPU, "lab03", "b") == (1.0, "")
     # an implausible factor (a broken calibration) is ignored, loudly
     C.write("NVIDIA A100-SXM4-80GB", {"lab03": {"b": 0.05}}, "t", "cmd")

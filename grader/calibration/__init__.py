@@ -54,8 +54,11 @@ def factor(gpu_name: str, lab: str, bench: str) -> tuple[float, str]:
         return 1.0, f"tiers as set on the {REFERENCE_GPU}; this GPU is uncalibrated (labs calibrate {lab})"
     r_here = here["ratios"].get(lab, {}).get(bench)
     r_ref = (ref or {}).get("ratios", {}).get(lab, {}).get(bench)
-    if not r_here or not r_ref:
+    if not r_here:
         return 1.0, f"tiers as set on the {REFERENCE_GPU}; no calibration of this benchmark on this GPU"
+    if not r_ref:
+        return 1.0, (f"tiers as set; the reference solution misses this benchmark's target on the {REFERENCE_GPU}, "
+                     f"which holds no ratio to scale by")
     f = r_here / r_ref
     lo, hi = SCALE_LIMITS
     if not lo <= f <= hi:
