@@ -7,8 +7,13 @@
 # so a call always returns what it measured. Everything lands in $OUT/runs.tgz (rewritten after each item)
 # and a one-line-per-benchmark summary is printed. CALIBRATE=1 first stores the ratios of every run-1
 # report present in $CAL_FROM (a folder of earlier JSON reports) with `labs calibrate --from-json`.
+# Session 7 (2026-11-28) ran run 1 of every lab and run 2 of lab01, lab04, lab06, lab10 (BENCHMARKS.md, "The
+# H200"). Next: run 2 of the rest, ~10 min in two calls (lab03 alone takes ~350 s, lab05 ~175 s):
+#   ITEMS="lab03:2 lab02:2"            then   ITEMS="lab05:2 lab01:3 lab10:3"
+# (lab01:3 and lab10:3: fused_step and prefill M = 128 were the two ratios that moved over 5%; the log
+# now names the autotuner's picks). Then lab10.sh STEPS=4 for a fixed M = 128 config per shape.
 set -u
-export PYTHONPATH=. PYTHONUNBUFFERED=1 COLUMNS=230
+export PYTHONPATH=. PYTHONUNBUFFERED=1 COLUMNS=230 TRITON_PRINT_AUTOTUNING=1   # the log shows each autotuner pick
 W=/tmp/h200w; mkdir -p $W
 DEADLINE_S=${DEADLINE_S:-560}
 declare -A EST=([lab01]=100 [lab02]=120 [lab03]=330 [lab04]=120 [lab05]=60 [lab06]=110 [lab10]=110)
