@@ -1096,6 +1096,8 @@ def test_a_disturbed_speed_measurement_is_repeated_once_and_the_repeat_stands(mo
     assert len(calls) == 2, calls                                   # measured once more, not merged
     assert "measured twice" in r.message and "batch means" not in r.message, r.message
     assert abs(r.details["ratio"] - 0.021 / 0.0125) < 1e-9, r.message
+    first = r.details["first_run"]                                  # the disturbed run, reported, not scored
+    assert first["why"] == ["student uneven", "baseline uneven"] and first["batch_reported_ms"][1] == 1.04
     # a cheat is disturbed every time: the repeat's verdict stands (scored on batch means)
     calls.clear()
     monkeypatch.setattr(R, "measure", lambda ctx, b: calls.append(1) or dict(noisy, base_batch_reported_ms=[0.021] * 6))

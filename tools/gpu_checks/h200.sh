@@ -35,7 +35,8 @@ for c in r["checks"]:
     flags = "".join(f for f, k in (("M", "batch means"), ("2", "measured twice"), ("E", "near a tier edge")) if k in c["message"])
     print(f"{r['lab']} {c['status']:4} {c['points']:5.2f}/{c['max_points']:<5.2f} {c['name'][6:-1][:58]:58} "
           f"{d.get('ratio', 0):7.3f}x scale {d.get('tier_scale', 0):.2f} {flags:3} {d.get('student_ms', 0):.4f} vs {d.get('baseline_ms', 0):.4f} ms"
-          + ("" if "tier_scale" in d else "  :: " + c["message"][:120]))
+          + ("" if "tier_scale" in d else "  :: " + c["message"][:120])
+          + (f"  first run {d['first_run']['ratio'] or 0:.3f}x {d['first_run']['why']}" if d.get("first_run") else ""))
 print(f"{r['lab']} total {sum(c['points'] for c in r['checks']):.2f}/{sum(c['max_points'] for c in r['checks']):.2f} in {r.get('seconds', 0):.0f} s")
 PY
 }
