@@ -26,7 +26,7 @@ TESTS = Path(__file__).resolve().parent
 ADVERSARIAL = TESTS / "adversarial"
 
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(),
-                                   reason="needs a CUDA GPU (GPU-tier test: run on the H100)")
+                                   reason="needs a CUDA GPU (GPU-tier test: run on the course GPU, H100 or H200)")
 
 
 def describe(result: LabResult) -> str:

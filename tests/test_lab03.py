@@ -375,7 +375,7 @@ def test_replays_timed_inputs_passes_every_correctness_trial():
     assert checks and all(c.status == "pass" for c in checks), [(c.name, c.message) for c in checks if c.status != "pass"]
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (GPU-tier test: run on the H100)")
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (GPU-tier test: run on the course GPU, H100 or H200)")
 def test_replays_timed_inputs_gets_no_speed_credit():
     # Its kernel is 4x slower than a copy of the bytes; replays would have been timed as one clone.
     from grader.runner import grade
@@ -391,7 +391,7 @@ def test_batch_then_skip_passes_every_correctness_trial():
     assert checks and all(c.status == "pass" for c in checks), [(c.name, c.message) for c in checks if c.status != "pass"]
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (GPU-tier test: run on the H100)")
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (GPU-tier test: run on the course GPU, H100 or H200)")
 def test_batch_then_skip_is_scored_on_batch_means():
     # One call per batch computes the batch (4x slow kernel), nine hand out clones: scored on batch means.
     from grader.runner import grade

@@ -448,7 +448,7 @@ def test_half_precision_fails_fp32_passes_fp16():
         assert check(r, f"{e}[fp16-b2h2n100d64-causal]").status == "pass"
 
 
-# ---- GPU tier (run on the H100) -----------------------------------------------------------------------
+# ---- GPU tier (run on a GPU) --------------------------------------------------------------------------
 
 @requires_cuda
 def test_gpu_solutions_pass_bf16_cases():

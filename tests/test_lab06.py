@@ -672,7 +672,7 @@ def test_reduce_reads_unwritten_splits_fails_split_only():
     assert_rejected(check(r, "paged_decode_split[fp16-b4-h8kv2-d64-page16-lens1,40,64,17-splits3]"), "got nan")
 
 
-# ---- GPU tier (run on the H100) -----------------------------------------------------------------------
+# ---- GPU tier (run on a GPU) --------------------------------------------------------------------------
 
 @requires_cuda
 def test_gpu_solutions_pass_bf16_cases():

@@ -669,7 +669,7 @@ def test_cached_output_is_caught_by_fresh_inputs():
         assert_rejected(check(r, f"w4a16_matmul[{c}"), "trial", "elements wrong")
 
 
-# ---- GPU tier (run on the H100) -----------------------------------------------------------------------
+# ---- GPU tier (run on a GPU) --------------------------------------------------------------------------
 
 @requires_cuda
 def test_gpu_solutions_pass_gemm_cases():
