@@ -787,6 +787,24 @@ def test_reference_gpu_calibration_covers_every_graded_benchmark():
             assert r >= max(t.min_ratio for t in b.tiers) * 0.97, f"{spec.id} {b.name}: {r} below full marks"
 
 
+def test_every_shipped_calibration_names_real_benchmarks():
+    """Each file under grader/calibration (H100, H200, ...) is for the GPU its name says, and holds positive
+    ratios of benchmarks that exist: a renamed benchmark would otherwise silently lose its calibration."""
+    from grader import calibration as C
+    from grader.labs import all_specs
+    names = {s.id: {b.name for b in s.benchmarks} for s in all_specs()}
+    files = sorted(C.HERE.glob("*.json"))
+    assert len(files) >= 2
+    for f in files:
+        data = json.loads(f.read_text())
+        assert C.path_for(data["gpu"]) == f, f
+        for lab, ratios in data["ratios"].items():
+            assert lab in names, (f.name, lab)
+            for bench, r in ratios.items():
+                assert bench in names[lab], (f.name, lab, bench)
+                assert isinstance(r, float) and r > 0, (f.name, lab, bench, r)
+
+
 def test_calibrate_command_fails_cleanly_without_a_gpu_or_a_report(tmp_path):
     from tests.conftest import run_cli
     r = run_cli("calibrate", "lab02")
