@@ -30,7 +30,8 @@
 #   (9) STEPS=e, f: every other lab's speed under that final protocol; each ratio should sit within 5% of
 #       its BENCHMARKS.md table, none scored on batch means, none "measured twice".
 # STEPS=a (lab03 speed, audits; ~9 min), STEPS=b (the exploit tests; ~5 min), c and d ran on 2026-11-28;
-# next: STEPS=e (~8 min), then STEPS=f (~8 min).
+# STEPS e and f were superseded by tools/gpu_checks/h200.sh (session 7: the device lends H200s only; every
+# lab's speed ran there under the final protocol).
 STEPS=${STEPS:-"e"}
 want() { [[ " $STEPS " == *" $1 "* ]]; }
 set -x
