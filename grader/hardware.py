@@ -64,6 +64,7 @@ class Environment:
     host: str = platform.node()
     seed: int = 0
     utc: str = ""           # when the grade started (the calibration file's "measured")
+    host_loop_ms: float = 0.0   # host_loop_ms() at the start: the host CPU's speed then (lower is faster)
     extra: dict = field(default_factory=dict)
 
     def as_dict(self):
@@ -77,10 +78,25 @@ def _version(mod):
         return "absent"
 
 
+def host_loop_ms(n: int = 200_000, repeats: int = 3) -> float:
+    """The fastest of `repeats` runs of a fixed pure-Python loop, in ms: the host CPU's speed at this moment,
+    recorded next to host-bound ratios (Benchmark.host_bound). On the H200's VM the same loop took 1x-2x
+    its fastest time from one process to the next, pinned to one core or not (2026-11-28)."""
+    import time
+    best = float("inf")
+    for _ in range(repeats):
+        t0, s = time.perf_counter(), 0
+        for i in range(n):
+            s += i
+        best = min(best, time.perf_counter() - t0)
+    return best * 1e3
+
+
 def environment(tier: str, seed: int) -> Environment:
     import datetime
     env = Environment(tier=tier, seed=seed, triton=_version("triton"), cupy=_version("cupy"),
-                      utc=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"))
+                      utc=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+                      host_loop_ms=round(host_loop_ms(), 2))
     if tier == "gpu" and torch.cuda.is_available():
         env.gpu = torch.cuda.get_device_name()
         env.gpu_count = torch.cuda.device_count()

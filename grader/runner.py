@@ -564,6 +564,7 @@ def _speed_check(bench: Benchmark) -> Callable:
         # solution reaches here as on the reference GPU
         scale, cal_note = calibration.factor(ctx.env.gpu, spec.id, bench.name)
         edges = [(round(t.min_ratio * scale, 3), t.fraction) for t in bench.tiers]
+        host_ms = hardware.host_loop_ms() if bench.host_bound else None
         try:
             m = measure(ctx, bench)
             if "error" in m:
@@ -621,6 +622,11 @@ def _speed_check(bench: Benchmark) -> Callable:
             details[key] = m[key]
         if first_run:
             details["first_run"] = first_run    # the disturbed measurement that was not scored
+        if host_ms is not None:
+            details["host_loop_ms"] = host_ms
+            start = getattr(ctx.env, "host_loop_ms", 0.0)
+            note += (f" (host-bound: the ratio follows the host CPU's speed; host loop {host_ms:.1f} ms"
+                     + (f", {start:.1f} ms at the grade's start" if start else "") + ")")
         mean_ms = m["reported_per_call_ms"]
         base_gap = _base_gap(m)
         details["baseline_host_gap_ms"] = base_gap

@@ -81,6 +81,10 @@ class Benchmark:
     tiers: tuple[SpeedTier, ...]        # ascending min_ratio
     points: float = 1.0
     target_note: str = ""               # what the reference solution reaches, for the report
+    # Both sides time mostly host work (Python, launches, syncs): the ratio follows the host CPU's speed,
+    # which varied 2x between processes on the H200's VM (BENCHMARKS.md, session 8). The report then records
+    # the host's speed next to the ratio (details.host_loop_ms) and says so in the message.
+    host_bound: bool = False
 
 
 @dataclass(frozen=True)

@@ -455,6 +455,35 @@ def _ptx_lop3(a: int, b: int, c: int, lut: int) -> int:
     return out
 
 
+def test_fixed_configs_are_the_sweeps_winners(monkeypatch):
+    """On a GPU with groups of 128 the solution launches one config per shape (decode and M <= 256), not the
+    autotuner's per-process pick. On a 132-SM card the rule must give what the sweeps measured fastest
+    (BENCHMARKS.md: decode, session 5; M = 128 and 256 on the H200, session 8), and step aside (None) on the
+    CPU, for other groups and past small prefill."""
+    G = import_file(SOLUTION_DIR / "w4a16_gemm.py", str(SKELETON_DIR))
+    cpu = torch.device("cpu")
+    assert G._fixed_config(cpu, 128, 4096, 4096, 128) is None
+    monkeypatch.setattr(G, "INTERPRET", False)
+    monkeypatch.setattr(G, "_FIXED", {})
+    monkeypatch.setattr(G.torch.cuda, "get_device_properties",
+                        lambda device: type("Props", (), {"multi_processor_count": 132})())
+    gpu = torch.device("cuda", 0)
+
+    def row(M, N, group=128):
+        c = G._fixed_config(gpu, M, N, 4096, group)
+        if c is None:
+            return None
+        kw = c[0].kwargs
+        return (kw["BLOCK_M"], kw["BLOCK_N"], kw["BLOCK_K"], kw["SPLIT_K"], c[0].num_warps, c[0].num_stages)
+    assert row(1, 4096) == row(16, 4096) == (16, 128, 128, 8, 2, 3)     # 32 tiles x 8 <= 4 x 132
+    assert row(1, 14336) == (16, 128, 128, 4, 2, 3)                     # 112 x 4 = 448 <= 528
+    assert row(128, 4096) == row(100, 4096) == (64, 128, 128, 4, 4, 3)  # 2 x 32 tiles x 4 = 256 <= 264
+    assert row(256, 4096) == (64, 128, 128, 2, 4, 3)                    # 4 x 32 x 2 = 256
+    assert row(128, 14336) == row(256, 14336) == (128, 128, 128, 1, 8, 3)   # 224 64-row tiles: no split
+    assert row(257, 4096) is None and row(128, 4096, group=64) is None
+    assert G._fixed_config(gpu, 128, 4096, 4096, 128) is G._fixed_config(gpu, 128, 4096, 4096, 128)  # cached
+
+
 def test_nibble_ptx_matches_its_meaning():
     """The solution's inline PTX runs only on a GPU: model prmt and lop3 bit by bit and check that, for
     words with every nibble value (0xF in the top bits too), the two 16-bit halves are MAGIC + the low

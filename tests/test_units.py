@@ -1123,6 +1123,40 @@ def test_a_disturbed_speed_measurement_is_repeated_once_and_the_repeat_stands(mo
     assert len(calls) == 2 and "batch means" in r.message and r.points < bench.points, r.message
 
 
+def test_host_bound_benchmarks_record_the_hosts_speed(monkeypatch):
+    """lab01's fused step and lab05's decode loop time mostly host work: their ratios moved 3.5x-7.4x and
+    8.1x-9.0x between grades on the H200 while the host's speed (a fixed Python loop) moved 2x. The report
+    records that speed next to the ratio and says the benchmark is host-bound; other benchmarks do not pay
+    for the probe."""
+    import types
+    import grader.runner as R
+    assert 0 < hardware.host_loop_ms(n=20_000, repeats=2) < 1e4
+    assert hardware.environment("cpu", 0).host_loop_ms > 0
+    marked = {(s.id, b.name) for s in (get(lab) for lab in ("lab01", "lab02", "lab03", "lab04", "lab05", "lab06", "lab10"))
+              for b in s.benchmarks if b.host_bound}
+    assert marked == {("lab01", "fused_step-fp32-64x256x4"), ("lab05", "decode-bf16-b16-t4096-n32")}, marked
+    m = {"base": [0.5] * 60, "base_batch_reported_ms": [0.5] * 6, "base_gap_ms": [0.0] * 6, "student": [0.1] * 60,
+         "batch_reported_ms": [0.1] * 6, "batch_wall_left_ms": [0.1] * 6, "wall_per_call_ms": 0.1,
+         "reported_per_call_ms": 0.1}
+    monkeypatch.setattr(R, "measure", lambda ctx, b: dict(m))
+    probes = []
+    monkeypatch.setattr(R.hardware, "host_loop_ms", lambda: probes.append(1) or 42.0)
+    for lab, name, host_bound in (("lab01", "fused_step-fp32-64x256x4", True), ("lab01", "copy_vectorized-fp32-64Mi", False)):
+        spec = get(lab)
+        bench = next(b for b in spec.benchmarks if b.name == name)
+        ctx = types.SimpleNamespace(spec=spec, tier="gpu", audit_failed={}, entry_missing=lambda e: set(),
+                                    env=types.SimpleNamespace(gpu="NVIDIA H100 80GB HBM3", host_loop_ms=30.0),
+                                    worker=types.SimpleNamespace(request=lambda *a, **k: {"status": "ok"}))
+        probes.clear()
+        r = R._speed_check(bench)(R.Planned(f"speed[{name}]", "speed", bench.entry, bench.points, None), ctx)
+        assert abs(r.details["ratio"] - 5.0) < 1e-9, r.message
+        if host_bound:
+            assert probes == [1] and r.details["host_loop_ms"] == 42.0, r.details
+            assert "host-bound" in r.message and "42.0 ms, 30.0 ms at the grade's start" in r.message, r.message
+        else:
+            assert not probes and "host_loop_ms" not in r.details and "host-bound" not in r.message, r.message
+
+
 def test_timed_calls_that_skip_the_work_are_caught():
     # Right in every correctness trial, an empty tensor in every timed call: the re-check of one timed
     # output per batch (chosen after the batch ran) finds it.

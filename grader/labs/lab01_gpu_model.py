@@ -354,7 +354,7 @@ def _benchmarks():
     out.append(Benchmark(f"reduce_sum_smem-fp32-64Mi", "reduce_sum_smem", vec("reduce_sum_smem", BENCH_N),
                          "torch_sum", INFO, points=0, target_note="informational: the shared-memory rung"))
     out.append(Benchmark("fused_step-fp32-64x256x4", "fused_step", step(64, 256, 4), "eager", STEP_TIERS,
-                         points=2, target_note="solution (one fused Triton kernel) >= 3x the eager step"))
+                         points=2, host_bound=True, target_note="solution (one fused Triton kernel) >= 3x the eager step"))
     return out
 
 

@@ -147,10 +147,11 @@ def w4a16_gemm_kernel(
     pass
 
 
-def _decode_config(device: torch.device, N: int, K: int, group_size: int) -> list | None:
-    """A decode config fixed per shape ([config]), or None: the autotuner times DECODE_CONFIGS and keeps the
-    fastest. (The solution fixes one per shape on the GPU: the autotuner's picks for 10-30 us kernels
-    changed from one process to the next. Measure yours with tools/gpu_checks/lab10.sh's sweep first.)"""
+def _fixed_config(device: torch.device, M: int, N: int, K: int, group_size: int) -> list | None:
+    """A config fixed per shape ([config]), or None: the autotuner times DECODE_CONFIGS (or the prefill
+    lists) and keeps the fastest. (The solution fixes one per shape on the GPU for decode and small prefill:
+    the autotuner's picks for 10-100 us kernels changed from one process to the next. Measure yours with
+    tools/gpu_checks/lab10.sh's sweep first.)"""
     return None
 
 
@@ -229,7 +230,7 @@ def w4a16_matmul(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, q
     if M == 0 or N == 0:
         return y
     kernel, configs, bucket = _pick(M)
-    fixed = _decode_config(x.device, N, K, group_size) if M <= DECODE_MAX_M else None
+    fixed = _fixed_config(x.device, M, N, K, group_size)
     extra = {}
     if fixed is not None:
         kernel, configs, extra = w4a16_gemm_kernel, fixed, dict(fixed[0].all_kwargs())

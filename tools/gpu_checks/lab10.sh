@@ -56,10 +56,10 @@ timeout 180 python3 -m grader notebook lab10 --solutions --out "$OUT" > "$OUT/la
 grep -v USDT "$OUT/lab10_nb.log" | tail -45
 fi
 
-# (4) sweep: each autotune config of the solution, timed alone (grader.bench.gpu_time_ms: flush + spin + events, median) vs torch.matmul bf16;
+# (4) sweep (SWEEP_M="1 16 128" by default; 256 on request): each autotune config of the solution, timed alone (grader.bench.gpu_time_ms: flush + spin + events, median) vs torch.matmul bf16;
 #     plus (session 6) 16-warps-per-SM candidates with maxnreg (compiled here with spills of 4-23 instructions)
 if want 4; then
-timeout 240 python3 - <<'EOF' 2>&1 | tee "$OUT/lab10_sweep.log"
+timeout ${SWEEP_TIMEOUT:-240} python3 - <<'EOF' 2>&1 | tee "$OUT/lab10_sweep.log"
 import torch, triton
 from grader.bench import gpu_time_ms
 from grader.inputs import make
@@ -73,10 +73,21 @@ def extra(sk, bn, w, reg):       # 16 warps per SM at decode: maxnreg (BENCHMARK
     return triton.Config({"BLOCK_M": 16, "BLOCK_N": bn, "BLOCK_K": 128, "SPLIT_K": sk, "NIBBLE_DOTS": True},
                          num_warps=w, num_stages=3, maxnreg=reg)
 EXTRA = [extra(4, 128, 4, 128), extra(8, 128, 4, 128), extra(4, 64, 2, 128), extra(8, 64, 2, 128)]
+# M = 128 candidates beyond the autotuner's list (session 8, H200: one fixed prefill config per shape)
+EXTRA_PREFILL = G._configs([(64, 128, 128, 8, True, 4, 3), (128, 64, 128, 2, True, 4, 3),
+                            (128, 64, 128, 4, True, 4, 3), (128, 128, 128, 8, True, 8, 3),
+                            (64, 64, 128, 8, True, 4, 3), (64, 64, 128, 2, True, 2, 3),
+                            (64, 128, 128, 2, True, 4, 4), (64, 128, 128, 4, True, 4, 4),
+                            (128, 128, 128, 1, True, 8, 3), (64, 128, 128, 1, True, 4, 3)])
+import os
+SWEEP_M = [int(m) for m in os.environ.get("SWEEP_M", "1 16 128").split()]
 print(torch.cuda.get_device_name())
 print(f"{'M':>5} {'K x N':>12} {'BM':>4}{'BN':>5}{'BK':>5}{'SK':>3}{'nib':>4}{'w':>3}{'s':>3} {'us':>8} {'torch us':>9} {'x':>6} {'GB/s':>7}  ok")
 for (K, N) in L.BENCH_SHAPES:
-    for M, configs in ((1, G.DECODE_CONFIGS + EXTRA), (16, G.DECODE_CONFIGS + EXTRA), (128, G.SMALL_PREFILL_CONFIGS)):
+    for M, configs in ((1, G.DECODE_CONFIGS + EXTRA), (16, G.DECODE_CONFIGS + EXTRA),
+                       (128, G.SMALL_PREFILL_CONFIGS + EXTRA_PREFILL), (256, G.SMALL_PREFILL_CONFIGS + EXTRA_PREFILL)):
+        if M not in SWEEP_M:
+            continue
         p = L.gemm(M, K, N, "bf16")
         inp = make(S, p, 0, "cuda")
         ref = S.reference(inp, p)

@@ -286,29 +286,44 @@ def w4a16_gemm_kernel(
                     BLOCK_M, BLOCK_N, SPLIT_K)
 
 
-# Decode with groups of 128 on a GPU: one config from the shape, not the autotuner. The autotuner times each
-# config a few times in the first call; for 10-30 us kernels its picks changed between processes (H100,
-# 2026-11-28: the same benchmark at 12.5 us in one session's four grades, 15-20 us in the next day's two,
-# with the sweep's best config alone at 12.4 us), and a grade must not depend on that draw. The rule is
-# the sweep's winner at both benchmark shapes: 16 x 128 x 128 tiles, 2 warps (217 registers: 4 CTAs per
-# SM), 3 stages, and the largest SPLIT_K of 8, 4, 2, 1 whose programs fit in one wave of CTA slots.
+# Decode and small prefill with groups of 128 on a GPU: one config from the shape, not the autotuner. The
+# autotuner times each config a few times in the first call; for 10-100 us kernels its picks changed between
+# processes (H100, 2026-11-28: a decode benchmark at 12.5 us in one session's four grades, 15-20 us in the
+# next day's two, with the sweep's best config alone at 12.4 us; H200, session 7: M = 128 at 4096 x 4096 in
+# 32.2 us, then 39.4 us), and a grade must not depend on that draw. The rules are the sweeps' winners at
+# both benchmark shapes (tools/gpu_checks/lab10.sh, step 4; BENCHMARKS.md):
+#   decode: 16 x 128 x 128 tiles, 2 warps (217 registers: 4 CTAs per SM), 3 stages, and the largest
+#     SPLIT_K of 8, 4, 2, 1 whose programs fit in one wave of CTA slots;
+#   small prefill (H200 sweep, session 8): 64 x 128 x 128 tiles with 4 warps, split K 4 or 2 if that fills
+#     at most one wave of 2 CTAs per SM (4096 x 4096: 64 tiles at M = 128, x 4 = 256 programs <= 264), else
+#     128 x 128 x 128 with 8 warps and no split (4096 x 14336: each weight dequantized once per 128 rows).
 DECODE_CTAS_PER_SM = 4
+PREFILL_CTAS_PER_SM = 2
 _FIXED: dict[tuple, list] = {}
 
 
-def _decode_config(device: torch.device, N: int, K: int, group_size: int) -> list | None:
-    """[the decode config] for this shape, or None (the autotuner decides: CPU, groups other than 128)."""
-    if INTERPRET or device.type != "cuda" or group_size != 128:
+def _fixed_config(device: torch.device, M: int, N: int, K: int, group_size: int) -> list | None:
+    """[the config] for this shape, or None (the autotuner decides: CPU, groups other than 128, M past
+    SMALL_PREFILL_MAX_M)."""
+    if INTERPRET or device.type != "cuda" or group_size != 128 or M > SMALL_PREFILL_MAX_M:
         return None
-    key = (device.index, N, K)
+    decode = M <= DECODE_MAX_M
+    m_tiles = 1 if decode else -(-M // 64)
+    key = (device.index, m_tiles, decode, N, K)
     hit = _FIXED.get(key)
     if hit is None:
-        slots = DECODE_CTAS_PER_SM * torch.cuda.get_device_properties(device).multi_processor_count
+        sms = torch.cuda.get_device_properties(device).multi_processor_count
         n_tiles, k_tiles = -(-N // 128), K // 128
-        split = next(sk for sk in (8, 4, 2, 1) if sk == 1 or (sk <= k_tiles and n_tiles * sk <= slots))
-        hit = _FIXED[key] = _configs([(16, 128, 128, split, True, 2, 3)])   # a list: _workspace's key
-    return hit
 
+        def split(choices, tiles, slots):
+            return next(sk for sk in choices if sk == 1 or (sk <= k_tiles and tiles * sk <= slots))
+        if decode:
+            row = (16, 128, 128, split((8, 4, 2, 1), n_tiles, DECODE_CTAS_PER_SM * sms), True, 2, 3)
+        else:
+            sk = split((4, 2, 1), m_tiles * n_tiles, PREFILL_CTAS_PER_SM * sms)
+            row = (64, 128, 128, sk, True, 4, 3) if sk > 1 else (128, 128, 128, 1, True, 8, 3)
+        hit = _FIXED[key] = _configs([row])    # a list: _workspace's key
+    return hit
 
 
 _KEY = ["M_BUCKET", "N", "K", "GROUP_SIZE"]
@@ -386,7 +401,7 @@ def w4a16_matmul(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, q
     if M == 0 or N == 0:
         return y
     kernel, configs, bucket = _pick(M)
-    fixed = _decode_config(x.device, N, K, group_size) if M <= DECODE_MAX_M else None
+    fixed = _fixed_config(x.device, M, N, K, group_size)
     extra = {}
     if fixed is not None:
         kernel, configs, extra = w4a16_gemm_kernel, fixed, dict(fixed[0].all_kwargs())
