@@ -162,6 +162,15 @@ def test_returns_subclass_or_non_tensor_is_rejected():
     assert_rejected(check(r, "triton_matmul[fp16-64x64x64]"), "returned ndarray", "plain")
 
 
+def test_background_thread_result_is_read_when_the_call_returns():
+    # The output is read (after a sync) as soon as the call returns; what a thread writes later is too late.
+    # (Under the interpreter the thread's launch also fails: the audit sees no kernel of the student's.)
+    r = grade_exploit("background_thread", "triton_matmul[audit]", "fp32-64x64x64", "fp16-33x47x5")
+    for case in ("fp32-64x64x64", "fp16-33x47x5"):
+        assert_rejected(check(r, f"triton_matmul[{case}]"), "never written")
+    assert_rejected(check(r, "triton_matmul[audit]"))
+
+
 def test_gc_reference_hunt_finds_nothing_useful():
     r = grade_exploit("gc_reference_hunt", "fp32-64x64x64", "fp16-33x47x5")
     for case in ("fp32-64x64x64", "fp16-33x47x5"):
@@ -258,6 +267,22 @@ def test_side_stream_work_is_timed(solution_speed_4096):
     assert "student_ms" in c.details, c.message
     assert c.details["student_ms"] >= c.details["floor_ms"], c.message
     # the side-stream kernel is the solution's kernel: it must not look meaningfully faster than it
+    assert c.details["student_ms"] >= 0.8 * solution_speed_4096.details["student_ms"], (c.message,
+                                                                                       solution_speed_4096.message)
+
+
+@requires_cuda
+def test_background_thread_gains_nothing(solution_speed_4096):
+    # A daemon thread launches the kernel after the call returned. Whether a given call's output is read
+    # before or after the thread's kernel is a race (the correctness check may pass or fail); the speed
+    # check must not credit it: a timed output re-checked wrong, an invalid timing (batch wall time far
+    # above the event times), or a time no better than the solution's.
+    r = grade_exploit("background_thread", "speed[triton-bf16-4096]", cpu=False)
+    c = check(r, "speed[triton-bf16-4096]")
+    if c.status == "fail" and ("returned a wrong result" in c.message or "invalid timing" in c.message):
+        assert c.points == 0, c.message
+        return
+    assert "student_ms" in c.details, c.message
     assert c.details["student_ms"] >= 0.8 * solution_speed_4096.details["student_ms"], (c.message,
                                                                                        solution_speed_4096.message)
 
