@@ -74,8 +74,11 @@ def test_unwritten_output_is_rejected_as_never_written():
 
 @requires_cuda
 def test_unwritten_output_says_never_written_on_gpu():
-    r = grade_exploit("unwritten_output", "triton_matmul[fp16-64x64x64]", "triton_matmul[bf16-257x129x200]", cpu=False)
-    for case in ("fp16-64x64x64", "bf16-257x129x200"):
+    # Shapes of several tiles under any autotune config: at 64 x 64 the GPU's pick can be one 64 x 64 (or
+    # larger) tile, and "one program short" then still launches that one (seen on the H200, 2026-11-29).
+    r = grade_exploit("unwritten_output", "triton_matmul[fp16-1024x1024x1024]", "triton_matmul[bf16-257x129x200]",
+                      cpu=False)
+    for case in ("fp16-1024x1024x1024", "bf16-257x129x200"):
         assert_rejected(check(r, f"triton_matmul[{case}]"), "never written")
 
 
