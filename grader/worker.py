@@ -153,6 +153,9 @@ class _Session:
         self.bench["archive"] = [] if msg["entry"].startswith(BASELINE) else [
             torch.empty((msg["archive_reps"],) + tuple(shape), dtype=DTYPES[dt], device=self.device)
             for shape, dt, *_ in self.spec.outputs(params)]
+        # A null batch (runner.measure) runs the same loop without the call; its archive copies go from
+        # and to these, so that the student's archived outputs stay as they were
+        self.bench["null"] = [(torch.zeros_like(slot[0]), torch.empty_like(slot[0])) for slot in self.bench["archive"]]
         # Salt (runner.SALT_TIMED_INPUTS): where and what to rewrite in each set before each timed call
         self.bench["salt"] = None
         if msg.get("salt"):
@@ -180,13 +183,16 @@ class _Session:
         """Back to back, as triton.testing.do_bench: per call flush L2, a GPU spin (the host's own work
         for the call then runs ahead of the GPU), start event, call, end event; one device-wide sync per
         batch. Work hidden on side streams or a patched timer shows up against
-        the batch's wall time, which the grading process measures on its own clock (runner.measure)."""
+        the batch's wall time, which the grading process measures on its own clock (runner.measure).
+        `null`: the same loop with no call (the archive copy from a buffer of the output's size): its wall
+        time is everything in a batch that is not the call's."""
         from .inputs import apply_salt, salt_values
         torch = self.torch
         b = self.bench
         bad = None
         events = []
         cuda = self.device == "cuda"     # on the CPU (the protocol's own tests) the host clock times each call
+        null = bool(msg.get("null"))
         self.sync()
         persisting = 0
         if cuda:
@@ -211,6 +217,15 @@ class _Session:
             if salt:                          # last before the start event: side-stream work that does not
                 name, plan, values = salt[j]  # wait for this stream reads the previous call's values
                 apply_salt(inputs[name], plan, rep_seeds[j], values)
+            if null:
+                if cuda:
+                    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                    start.record()
+                    end.record()
+                for src, dst in b["null"]:
+                    dst.copy_(src)
+                del inputs
+                continue
             if cuda:
                 start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
                 start.record()
@@ -233,6 +248,8 @@ class _Session:
                     bad = bad or f"timed call #{i} returned {type(o).__name__} {tuple(getattr(o, 'shape', ()))}"
             del out, outs, inputs
         self.sync()
+        if null:
+            return {"status": "ok", "times_ms": [], "bad_output": None, "persisting_l2_bytes": 0}
         times = [s.elapsed_time(e) if cuda else (e - s) * 1e3 for s, e in events]
         if cuda and self.l2.ok:
             persisting = self.l2.set_aside() or 0
