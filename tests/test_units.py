@@ -1020,6 +1020,29 @@ def test_measure_runs_on_the_cpu_and_rechecks_timed_outputs():
     assert len(m["batch_wall_left_ms"]) == len(m["batch_reported_ms"]) == len(m["base_gap_ms"]) == 2
     # the host clock around each batch covers the calls it reports (no flush or archive on the CPU)
     assert m["wall_per_call_ms"] >= 0.5 * m["reported_per_call_ms"], m
+    # the harness alone (null batches, no call) was timed in both processes and subtracted
+    assert set(m["null_per_call_ms"]) == {"student", "base"} and all(v > 0 for v in m["null_per_call_ms"].values())
+
+
+def test_the_wall_bound_separates_a_patched_timer_from_honest_calls():
+    """The H200's medians (2026-11-29, BENCHMARKS.md "The H200, session 9"): reported vs wall left per call
+    after the null batch, and the baseline's own gap."""
+    from grader.runner import _wall_disagrees
+
+    def m(rep, wall, gap, host_bound=False):
+        return {"reported_per_call_ms": rep, "wall_per_call_ms": wall, "base_gap_ms": [gap] * 6, "host_bound": host_bound}
+    honest = {"lab10 decode M1 4096": m(0.0184, 0.0466, 0.0102), "lab10 decode M1 14336": m(0.0225, 0.0472, 0.0094),
+              "lab10 prefill M4096": m(2.0438, 2.0953, 0.0489), "lab01 copy 32Mi+3": m(0.0765, 0.0945, 0.0334),
+              "lab01 fused_step": m(0.0966, 0.1494, 0.0392, host_bound=True), "lab02 bf16 4096": m(0.1907, 0.2063, 0.0670),
+              "lab03 softmax 8192 eager": m(0.0387, 0.0562, 0.0303)}
+    for name, x in honest.items():
+        assert not _wall_disagrees(x), name
+    # lab02/patches_timer: 2x the work, 55% of it reported
+    assert _wall_disagrees(m(0.2045, 0.3817, 0.0550))
+    # the solution's own kernel under a 55% timer: its wall as measured, 55% of its time reported. cuBLAS's
+    # 67 us gap counts only up to 30 us: the whole of it would hide this
+    assert _wall_disagrees(m(0.55 * 0.1907, 0.2063, 0.0670))
+    assert not _wall_disagrees(m(0.55 * 0.1907, 0.2063, 0.0670, host_bound=True))
 
 
 def test_replay_per_live_input_gains_nothing_in_timed_calls():
