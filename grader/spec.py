@@ -83,7 +83,8 @@ class Benchmark:
     target_note: str = ""               # what the reference solution reaches, for the report
     # Both sides time mostly host work (Python, launches, syncs): the ratio follows the host CPU's speed,
     # which varied 2x between processes on the H200's VM (BENCHMARKS.md, session 8). The report then records
-    # the host's speed next to the ratio (details.host_loop_ms) and says so in the message.
+    # the host's speed next to the ratio (details.host_loop_ms) and says so in the message, and the wall
+    # bound allows it more (runner._wall_disagrees: the student's host work is not the baseline's).
     host_bound: bool = False
 
 
